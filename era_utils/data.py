@@ -1,0 +1,163 @@
+"""CIFAR-10 as uint8 arrays in memory, from torchvision's download or an offline image folder."""
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from era_utils.config import CLASS_NAMES, IMAGE_SIZE
+from era_utils.transforms import test_transforms, train_transforms
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+class DataError(RuntimeError):
+    """The dataset can be neither found nor downloaded; the message says what to do."""
+
+
+@dataclass
+class Split:
+    """One split as uint8 NHWC images and int64 labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def take_per_class(self, n: int) -> "Split":
+        """The first `n` images of every class, keeping the original order."""
+        keep = np.concatenate([np.flatnonzero(self.labels == c)[:n] for c in range(len(CLASS_NAMES))])
+        keep.sort()
+        return Split(self.images[keep], self.labels[keep])
+
+
+class ArrayDataset(Dataset):
+    """Applies an albumentations pipeline to uint8 images; yields (CHW float tensor, label)."""
+
+    def __init__(self, split: Split, transform: A.Compose) -> None:
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(image=self.split.images[i])["image"], int(self.split.labels[i])
+
+
+def _decode(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        image = np.asarray(im.convert("RGB"))
+    if image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{path} is {image.shape[1]}x{image.shape[0]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+    return image
+
+
+def load_image_folder(root: Path, split: str) -> Split:
+    """Decode `root/split/<class>/*` once; class folders must be the CIFAR-10 names."""
+    split_dir = root / split
+    missing = [c for c in CLASS_NAMES if not (split_dir / c).is_dir()]
+    if missing:
+        raise DataError(
+            f"{split_dir} lacks class folders {', '.join(missing)}; --data-dir must hold "
+            f"train/<class>/ and test/<class>/ with classes {', '.join(CLASS_NAMES)}"
+        )
+    paths, labels = [], []
+    for label, name in enumerate(CLASS_NAMES):
+        files = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise DataError(f"{split_dir} holds no images")
+    with ThreadPoolExecutor() as pool:
+        images = np.stack(list(pool.map(_decode, paths, chunksize=256)))
+    return Split(images, np.asarray(labels, dtype=np.int64))
+
+
+def load_torchvision(root: Path, split: str) -> Split:
+    """torchvision's CIFAR10, downloaded into `root` when it is not there yet."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(str(root), train=split == "train", download=True)
+    except Exception as err:  # urllib, SSL and checksum errors all mean: no usable download
+        raise DataError(
+            f"CIFAR-10 could not be downloaded into {root} ({type(err).__name__}: {err}); without a network, "
+            "pass --data-dir pointing at an image folder with train/<class>/ and test/<class>/"
+        ) from err
+    return Split(np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64))
+
+
+def load_split(split: str, data_dir: str | Path | None, download_root: str | Path = "data") -> Split:
+    """The offline image folder when `data_dir` is given, else torchvision's download."""
+    if data_dir is None:
+        return load_torchvision(Path(download_root), split)
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"--data-dir {root} does not exist; point it at a folder with train/<class>/ and test/<class>/")
+    return load_image_folder(root, split)
+
+
+class CIFAR10DataModule(L.LightningDataModule):
+    """Decodes both splits once into memory; the test split doubles as the validation set."""
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        batch_size: int = 512,
+        num_workers: int = 2,
+        per_class: int | None = None,
+        download_root: str | Path = "data",
+    ) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.per_class = per_class
+        self.download_root = download_root
+        self.train_split: Split | None = None
+        self.test_split: Split | None = None
+
+    def prepare_data(self) -> None:
+        if self.data_dir is None:
+            for split in ("train", "test"):
+                load_torchvision(Path(self.download_root), split)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_split is not None:
+            return
+        self.train_split = load_split("train", self.data_dir, self.download_root)
+        self.test_split = load_split("test", self.data_dir, self.download_root)
+        if self.per_class is not None:
+            self.train_split = self.train_split.take_per_class(self.per_class)
+            self.test_split = self.test_split.take_per_class(self.per_class)
+
+    def train_dataset(self, transform: A.Compose | None = None) -> ArrayDataset:
+        self.setup()
+        return ArrayDataset(self.train_split, transform or train_transforms())
+
+    def test_dataset(self) -> ArrayDataset:
+        self.setup()
+        return ArrayDataset(self.test_split, test_transforms())
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset(), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset(), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset(), shuffle=False)

@@ -1,0 +1,78 @@
+"""Weights for the app: safetensors (no pickle) plus a JSON holding everything inference needs."""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from era_utils.config import CIFAR_MEAN, CIFAR_STD, CLASS_NAMES, IMAGE_SIZE
+from era_utils.model import ARCHITECTURE, GRADCAM_LAYERS, CustomResNet
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "model.json"
+
+
+def sha256_of(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def export_model(
+    net: CustomResNet,
+    out_dir: str | Path,
+    metrics: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """Write `model.safetensors` and `model.json` into `out_dir`; returns the weights' path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / WEIGHTS_NAME
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(weights))
+    config = {
+        "architecture": ARCHITECTURE,
+        "num_classes": len(CLASS_NAMES),
+        "classes": list(CLASS_NAMES),
+        "mean": list(CIFAR_MEAN),
+        "std": list(CIFAR_STD),
+        "image_size": IMAGE_SIZE,
+        "logit_scale": net.logit_scale,
+        "gradcam_layers": GRADCAM_LAYERS,
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "metrics": metrics or {},
+        "training": training or {},
+        "weights_file": WEIGHTS_NAME,
+        "sha256": sha256_of(weights),
+    }
+    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return weights
+
+
+def read_config(weights: str | Path) -> dict[str, Any]:
+    """The JSON beside `weights`, after checking the weights against its sha256."""
+    weights = Path(weights)
+    config_path = weights.with_name(CONFIG_NAME)
+    if not weights.is_file() or not config_path.is_file():
+        raise FileNotFoundError(f"need {weights} and {config_path} side by side")
+    config = json.loads(config_path.read_text())
+    if sha256_of(weights) != config["sha256"]:
+        raise ValueError(f"{weights} does not match the sha256 in {config_path}")
+    return config
+
+
+def load_model(weights: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network from its JSON and load the verified weights, in eval mode."""
+    config = read_config(weights)
+    if config["architecture"] != ARCHITECTURE:
+        raise ValueError(f"unknown architecture {config['architecture']!r}")
+    net = CustomResNet(num_classes=config["num_classes"], logit_scale=config["logit_scale"])
+    net.load_state_dict(load_file(str(weights)))
+    return net.eval(), config
+
+
+def to_plain_state(state: dict[str, torch.Tensor], prefix: str = "net.") -> dict[str, torch.Tensor]:
+    """The network's own state dict out of a LightningModule's (keys start with `net.`)."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

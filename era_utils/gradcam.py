@@ -1,0 +1,59 @@
+"""Grad-CAM overlays with the grad-cam library; hooks are released when each call returns."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from era_utils.model import GRADCAM_LAYERS, CustomResNet, gradcam_layer
+from era_utils.plots import image_grid
+from era_utils.transforms import denormalize
+
+
+def gradcam_overlays(
+    net: CustomResNet,
+    images: torch.Tensor,
+    layer: str,
+    target_classes: Sequence[int] | None = None,
+    opacity: float = 0.5,
+) -> np.ndarray:
+    """uint8 NHWC overlays of normalized NCHW `images`, explaining `target_classes` (default: the prediction).
+
+    `opacity` is the heatmap's weight: 0 shows the photo only, 1 the heatmap only.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    net.eval()
+    targets = None if target_classes is None else [ClassifierOutputTarget(int(c)) for c in target_classes]
+    with GradCAM(model=net, target_layers=[gradcam_layer(net, layer)]) as cam:
+        masks = cam(input_tensor=images.float(), targets=targets)
+    photos = denormalize(images.detach().cpu().numpy())
+    overlays = [
+        show_cam_on_image(photo, mask, use_rgb=True, image_weight=1.0 - opacity)
+        for photo, mask in zip(photos, masks, strict=True)
+    ]
+    return np.stack(overlays)
+
+
+def gradcam_grid(
+    net: CustomResNet,
+    images: torch.Tensor,
+    captions: Sequence[str],
+    layers: Sequence[str],
+    target_classes: Sequence[int] | None = None,
+    opacity: float = 0.5,
+    path: str | Path | None = None,
+) -> Figure:
+    """A figure with the photos in the first row and one row of overlays per layer."""
+    photos = denormalize(images.detach().cpu().numpy())
+    overlays = [gradcam_overlays(net, images, layer, target_classes, opacity) / 255.0 for layer in layers]
+    layer_captions = [f"{layer} ({GRADCAM_LAYERS[layer]}×{GRADCAM_LAYERS[layer]})" for layer in layers]
+    cells = np.concatenate([photos, *overlays])
+    cell_captions = list(captions) + [name for name in layer_captions for _ in range(len(images))]
+    title = f"Grad-CAM of the predicted class, heatmap opacity {opacity:g}: photo, then one row per layer"
+    return image_grid(cells, cell_captions, path, ncols=len(images), title=title)

@@ -1,0 +1,20 @@
+"""The per-epoch training log, read from Lightning's CSVLogger output."""
+
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = {"train/loss": "train_loss", "train/acc": "train_acc", "val/loss": "val_loss", "val/acc": "val_acc"}
+
+
+def epoch_table(metrics_csv: str | Path) -> pd.DataFrame:
+    """One row per epoch: train/val loss and accuracy, and the learning rate at the epoch's last logged step."""
+    raw = pd.read_csv(metrics_csv)
+    lr_columns = [c for c in raw.columns if c.startswith("lr-")]
+    table = raw.groupby("epoch").last()[[c for c in COLUMNS if c in raw.columns]].rename(columns=COLUMNS)
+    if lr_columns:
+        table["lr"] = raw.dropna(subset=[lr_columns[0]]).groupby("epoch")[lr_columns[0]].last()
+    table = table.dropna(subset=[c for c in ("train_loss", "val_loss") if c in table.columns], how="all")
+    table.index = table.index.astype(int) + 1
+    table.index.name = "epoch"
+    return table

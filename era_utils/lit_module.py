@@ -1,0 +1,85 @@
+"""The LightningModule: owns the loss, metrics, optimizer and OneCycle schedule, not the network."""
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+
+def flip_tta_logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Mean of the logits for the images and their horizontal mirror images."""
+    return (net(images) + net(torch.flip(images, dims=[3]))) / 2
+
+
+def param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay conv and linear weights only; batch-norm parameters and biases are left alone."""
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class LitClassifier(L.LightningModule):
+    """Cross-entropy (with label smoothing) + AdamW + OneCycleLR stepped every batch."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        max_lr: float = 0.01,
+        weight_decay: float = 0.05,
+        label_smoothing: float = 0.1,
+        pct_start: float = 5 / 24,
+        div_factor: float = 100.0,
+        final_div_factor: float = 100.0,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro")
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, acc: MulticlassAccuracy) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = self.criterion(logits, labels)
+        acc(logits, labels)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test", self.test_acc)
+        images, labels = batch
+        self.test_acc_tta(flip_tta_logits(self, images), labels)
+        self.log("test/acc_tta", self.test_acc_tta, on_step=False, on_epoch=True)
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(param_groups(self.net, hp.weight_decay), lr=hp.max_lr / hp.div_factor)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=hp.max_lr,
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            pct_start=hp.pct_start,
+            div_factor=hp.div_factor,
+            final_div_factor=hp.final_div_factor,
+            anneal_strategy="linear",
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,64 @@
+"""Leslie Smith's LR range test with torch-lr-finder; the network and optimizer are restored after."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torch_lr_finder import LRFinder
+
+from era_utils.lit_module import param_groups
+
+
+@dataclass
+class LRFinderResult:
+    suggested_lr: float
+    lrs: list[float]
+    losses: list[float]
+    plot_path: Path | None
+
+
+def find_lr(
+    net: nn.Module,
+    loader: DataLoader,
+    weight_decay: float,
+    label_smoothing: float = 0.0,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_iter: int = 200,
+    bf16: bool = False,
+    plot_path: str | Path | None = None,
+) -> LRFinderResult:
+    """Exponential range test over `num_iter` batches with the training optimizer (AdamW).
+
+    The suggestion is the learning rate where the smoothed loss falls fastest.
+    """
+    device = next(net.parameters()).device
+    optimizer = torch.optim.AdamW(param_groups(net, weight_decay), lr=start_lr)
+    amp = {"device_type": device.type, "dtype": torch.bfloat16} if bf16 else None
+    finder = LRFinder(
+        net,
+        optimizer,
+        nn.CrossEntropyLoss(label_smoothing=label_smoothing),
+        device=device,
+        amp_backend="torch" if bf16 else None,
+        amp_config=amp,
+        grad_scaler=torch.amp.GradScaler(device.type, enabled=False) if bf16 else None,
+    )
+    finder.range_test(loader, end_lr=end_lr, num_iter=num_iter, step_mode="exp")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax, suggested = finder.plot(ax=ax, suggest_lr=True)
+    ax.set_title(f"LR range test: suggested max LR {suggested:.2e}")
+    if plot_path is not None:
+        plot_path = Path(plot_path)
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot_path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    result = LRFinderResult(float(suggested), list(finder.history["lr"]), list(finder.history["loss"]), plot_path)
+    finder.reset()
+    return result

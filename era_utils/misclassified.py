@@ -1,0 +1,53 @@
+"""The model's most confident mistakes on the test split, as image files and one compact store."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from era_utils.config import CLASS_NAMES
+
+
+def confident_mistakes(labels: np.ndarray, probs: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the `n` wrong predictions with the highest confidence, most confident first."""
+    preds = probs.argmax(1)
+    wrong = np.flatnonzero(preds != labels)
+    return wrong[np.argsort(-probs[wrong].max(1), kind="stable")][:n]
+
+
+def caption(label: int, pred: int, confidence: float) -> str:
+    return f"{CLASS_NAMES[label]} → {CLASS_NAMES[pred]} ({100 * confidence:.0f}%)"
+
+
+def export_misclassified(
+    images: np.ndarray, labels: np.ndarray, probs: np.ndarray, out_dir: str | Path, n: int = 20
+) -> list[Path]:
+    """Save the `n` most confident mistakes as PNGs named `<rank>_<true>_as_<pred>_<confidence>.png`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*_as_*.png"):
+        old.unlink()
+    paths = []
+    for rank, i in enumerate(confident_mistakes(labels, probs, n), start=1):
+        pred = int(probs[i].argmax())
+        name = f"{rank:02d}_{CLASS_NAMES[labels[i]]}_as_{CLASS_NAMES[pred]}_{100 * probs[i, pred]:.0f}pct.png"
+        Image.fromarray(images[i]).save(out_dir / name)
+        paths.append(out_dir / name)
+    return paths
+
+
+def save_store(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, path: str | Path, n: int = 100) -> Path:
+    """One compressed .npz for the app: uint8 images, true labels, predictions, confidences, test indices."""
+    idx = confident_mistakes(labels, probs, n)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path,
+        images=images[idx],
+        labels=labels[idx].astype(np.int64),
+        preds=probs[idx].argmax(1).astype(np.int64),
+        confidences=probs[idx].max(1).astype(np.float32),
+        test_indices=idx.astype(np.int64),
+        classes=np.asarray(CLASS_NAMES),
+    )
+    return path

@@ -1,0 +1,48 @@
+"""Albumentations pipelines: pad-crop, flip and cutout for training; normalize only for test."""
+
+import albumentations as A
+import cv2
+import numpy as np
+from albumentations.pytorch import ToTensorV2
+
+from era_utils.config import CIFAR_MEAN, CIFAR_STD, IMAGE_SIZE
+
+PAD = 4
+CUTOUT_SIZE = 8
+# Cutout fills with the mean colour, which is zero after normalization.
+MEAN_PIXEL = tuple(round(m * 255) for m in CIFAR_MEAN)
+
+
+def normalize() -> A.Compose:
+    return A.Compose([A.Normalize(mean=CIFAR_MEAN, std=CIFAR_STD, max_pixel_value=255.0), ToTensorV2()])
+
+
+def train_transforms() -> A.Compose:
+    """Page's augmentation: reflect-pad 4 + random 32x32 crop, horizontal flip, one 8x8 cutout."""
+    return A.Compose(
+        [
+            A.PadIfNeeded(IMAGE_SIZE + 2 * PAD, IMAGE_SIZE + 2 * PAD, border_mode=cv2.BORDER_REFLECT_101),
+            A.RandomCrop(IMAGE_SIZE, IMAGE_SIZE),
+            A.HorizontalFlip(p=0.5),
+            A.CoarseDropout(
+                num_holes_range=(1, 1),
+                hole_height_range=(CUTOUT_SIZE, CUTOUT_SIZE),
+                hole_width_range=(CUTOUT_SIZE, CUTOUT_SIZE),
+                fill=MEAN_PIXEL,
+                p=1.0,
+            ),
+            normalize(),
+        ]
+    )
+
+
+def test_transforms() -> A.Compose:
+    return normalize()
+
+
+def denormalize(images: "np.ndarray") -> "np.ndarray":
+    """Normalized CHW or NCHW float arrays back to HWC / NHWC floats in [0, 1]."""
+    mean = np.asarray(CIFAR_MEAN, dtype=np.float32)
+    std = np.asarray(CIFAR_STD, dtype=np.float32)
+    hwc = np.moveaxis(np.asarray(images, dtype=np.float32), -3, -1)
+    return np.clip(hwc * std + mean, 0.0, 1.0)

@@ -1,0 +1,91 @@
+"""Markdown tables for the README, computed from the code and the committed artifacts.
+
+python scripts/readme_tables.py model              # layers, output shapes, parameters, receptive field
+python scripts/readme_tables.py epochs             # per-epoch log from logs/metrics.csv
+python scripts/readme_tables.py classes EVAL.json  # per-class accuracy from era_utils.evaluate's output
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from era_utils.config import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from era_utils.history import epoch_table
+from era_utils.model import CustomResNet
+
+ROWS = [
+    "prep",
+    "layer1.conv",
+    "layer1.residual",
+    "layer1",
+    "layer2",
+    "layer3.conv",
+    "layer3.residual",
+    "layer3",
+    "pool",
+    "fc",
+]
+
+
+def receptive_fields(net: nn.Module) -> dict[str, int]:
+    """Receptive field (pixels) at each module's output, from kernel sizes and strides in forward order."""
+    rf, jump, at_leaf = 1, 1, {}
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Conv2d | nn.MaxPool2d):
+            k = module.kernel_size if isinstance(module.kernel_size, int) else module.kernel_size[0]
+            s = module.stride if isinstance(module.stride, int) else module.stride[0]
+            rf, jump = rf + (k - 1) * jump, jump * s
+        at_leaf[name] = rf
+    # A block's output sees what its last layer sees (for layer1/layer3: the residual branch, the wider one).
+    return {
+        name: [v for leaf, v in at_leaf.items() if leaf == name or leaf.startswith(name + ".")][-1] for name in at_leaf
+    }
+
+
+def model_table() -> str:
+    net = CustomResNet(NUM_CLASSES).eval()
+    shapes = {}
+    hooks = [
+        net.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])))
+        for n in ROWS
+    ]
+    net(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
+    for h in hooks:
+        h.remove()
+    rf = receptive_fields(net)
+    lines = ["| block | output shape | parameters | receptive field |", "|---|---|---:|---:|"]
+    for name in ROWS:
+        params = sum(p.numel() for p in net.get_submodule(name).parameters())
+        if name in ("layer1", "layer3"):
+            params = 0  # the add; the parameters are counted in .conv and .residual
+        shape = "×".join(map(str, shapes[name]))
+        lines.append(f"| {name} | {shape} | {params:,} | {rf[name]} |")
+    lines.append(f"| **total** | | **{sum(p.numel() for p in net.parameters()):,}** | |")
+    return "\n".join(lines)
+
+
+def epochs_table(csv: str = "logs/metrics.csv") -> str:
+    table = epoch_table(csv)
+    lines = ["| epoch | train loss | train acc | val loss | val acc | LR |", "|---:|---:|---:|---:|---:|---:|"]
+    for epoch, r in table.iterrows():
+        lines.append(
+            f"| {epoch} | {r.train_loss:.4f} | {r.train_acc:.2%} | {r.val_loss:.4f} | {r.val_acc:.2%} | {r.lr:.2e} |"
+        )
+    return "\n".join(lines)
+
+
+def classes_table(evaluate_json: str) -> str:
+    report = json.loads(Path(evaluate_json).read_text())
+    lines = ["| class | single view | flip TTA |", "|---|---:|---:|"]
+    for name in CLASS_NAMES:
+        lines.append(f"| {name} | {report['per_class'][name]:.1%} | {report['per_class_tta'][name]:.1%} |")
+    lines.append(f"| **all {report['n']:,}** | **{report['accuracy']:.2%}** | **{report['accuracy_tta']:.2%}** |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    what, *args = sys.argv[1:] or ["model"]
+    print({"model": model_table, "epochs": epochs_table, "classes": classes_table}[what](*args))

@@ -1,0 +1,148 @@
+"""Export round trip, evaluate's JSON, misclassified export, Grad-CAM and the epoch table."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from era_utils.config import CIFAR_MEAN, CIFAR_STD, CLASS_NAMES, NUM_CLASSES
+from era_utils.data import CIFAR10DataModule
+from era_utils.evaluate import main as evaluate_main
+from era_utils.export import CONFIG_NAME, export_model, load_model
+from era_utils.gradcam import gradcam_grid, gradcam_overlays
+from era_utils.history import epoch_table
+from era_utils.misclassified import confident_mistakes, export_misclassified, save_store
+from era_utils.model import GRADCAM_LAYERS, CustomResNet
+
+
+@pytest.fixture
+def trained_net() -> CustomResNet:
+    """A network with non-trivial batch-norm statistics, in eval mode."""
+    torch.manual_seed(0)
+    net = CustomResNet(NUM_CLASSES, logit_scale=0.125)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(16, 3, 32, 32) * 2 + 0.5)
+    return net.eval()
+
+
+@pytest.fixture
+def test_batch(image_folder) -> tuple[torch.Tensor, torch.Tensor]:
+    return next(iter(DataLoader(CIFAR10DataModule(image_folder).test_dataset(), batch_size=30)))
+
+
+def test_export_round_trip_predicts_identically(trained_net, test_batch, tmp_path):
+    weights = export_model(trained_net.to(memory_format=torch.channels_last), tmp_path, {"accuracy": 0.5})
+    net, config = load_model(weights)
+    images, _ = test_batch
+    trained_net.to(memory_format=torch.contiguous_format)  # same kernels on both sides
+    with torch.no_grad():
+        assert torch.equal(net(images), trained_net(images))
+    assert config["classes"] == list(CLASS_NAMES) and config["logit_scale"] == 0.125
+    assert config["parameters"] == 6_573_130 and set(config["gradcam_layers"]) == set(GRADCAM_LAYERS)
+    assert set(load_file(str(weights))) == set(trained_net.state_dict())
+
+
+def test_tampered_weights_are_refused(trained_net, tmp_path):
+    weights = export_model(trained_net, tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config | {"sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="sha256"):
+        load_model(weights)
+
+
+def test_evaluate_prints_one_json_line_matching_a_direct_computation(
+    trained_net, test_batch, image_folder, tmp_path, capsys
+):
+    weights = export_model(trained_net, tmp_path)
+    assert evaluate_main(["--weights", str(weights), "--data-dir", str(image_folder)]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(line)
+    images, labels = test_batch
+    with torch.no_grad():
+        logits = trained_net(images)
+        tta = (logits + trained_net(images.flip(3))) / 2
+    assert report["n"] == 30
+    assert report["accuracy"] == round((logits.argmax(1) == labels).float().mean().item(), 4)
+    assert report["accuracy_tta"] == round((tta.argmax(1) == labels).float().mean().item(), 4)
+    assert set(report["per_class"]) == set(CLASS_NAMES) and set(report["per_class_tta"]) == set(CLASS_NAMES)
+
+
+def test_evaluate_with_missing_weights_is_a_clear_error(image_folder, tmp_path, capsys):
+    assert evaluate_main(["--weights", str(tmp_path / "none.safetensors"), "--data-dir", str(image_folder)]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+
+
+def _probs_and_labels() -> tuple[np.ndarray, np.ndarray]:
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.05, 0.95]])
+    probs = np.pad(probs, ((0, 0), (0, NUM_CLASSES - 2)))
+    return probs, np.array([1, 1, 1, 0, 0])
+
+
+def test_confident_mistakes_are_wrong_and_sorted_by_confidence():
+    probs, labels = _probs_and_labels()
+    assert list(confident_mistakes(labels, probs, 10)) == [4, 0, 3, 2]
+    assert list(confident_mistakes(labels, probs, 2)) == [4, 0]
+
+
+def test_export_writes_n_named_files_and_a_compact_store(tmp_path):
+    probs, labels = _probs_and_labels()
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    paths = export_misclassified(images, labels, probs, tmp_path / "mis", n=3)
+    assert [p.name for p in paths] == [
+        "01_airplane_as_automobile_95pct.png",
+        "02_automobile_as_airplane_90pct.png",
+        "03_airplane_as_automobile_70pct.png",
+    ]
+    store = np.load(save_store(images, labels, probs, tmp_path / "store.npz", n=3))
+    assert store["images"].dtype == np.uint8 and store["images"].shape == (3, 32, 32, 3)
+    assert np.array_equal(store["images"][0], images[4])
+    assert list(store["labels"]) == [0, 1, 0] and list(store["preds"]) == [1, 0, 1]
+    assert np.allclose(store["confidences"], [0.95, 0.9, 0.7])
+
+
+@pytest.mark.parametrize("layer", list(GRADCAM_LAYERS))
+def test_gradcam_overlay_shape_dtype_and_range_at_every_layer(trained_net, test_batch, layer):
+    images = test_batch[0][:3]
+    overlays = gradcam_overlays(trained_net, images, layer, target_classes=[0, 1, 2], opacity=0.5)
+    assert overlays.shape == (3, 32, 32, 3) and overlays.dtype == np.uint8
+    assert overlays.min() >= 0 and overlays.max() <= 255 and overlays.std() > 0
+
+
+def test_gradcam_opacity_zero_is_the_photo_and_hooks_are_released(trained_net, test_batch):
+    images = test_batch[0][:2]
+    photo_only = gradcam_overlays(trained_net, images, "layer3", opacity=0.0)
+    photo = images.numpy().transpose(0, 2, 3, 1) * np.array(CIFAR_STD) + np.array(CIFAR_MEAN)
+    # show_cam_on_image truncates to uint8, so allow one grey level.
+    assert np.abs(photo_only - np.clip(photo, 0, 1) * 255).max() < 1.001
+    assert all(not m._forward_hooks and not m._backward_hooks for m in trained_net.modules())
+    with pytest.raises(ValueError, match="opacity"):
+        gradcam_overlays(trained_net, images, "layer3", opacity=1.5)
+
+
+def test_gradcam_grid_saves_a_figure(trained_net, test_batch, tmp_path):
+    images = test_batch[0][:4]
+    gradcam_grid(trained_net, images, ["a", "b", "c", "d"], ["layer1.residual", "layer3"], path=tmp_path / "g.png")
+    assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_epoch_table_collapses_lightning_csv_rows_per_epoch(tmp_path):
+    rows = [
+        {"epoch": 0, "step": 9, "lr-AdamW/pg1": 0.001},
+        {"epoch": 0, "step": 19, "lr-AdamW/pg1": 0.002},
+        {"epoch": 0, "step": 19, "val/loss": 1.5, "val/acc": 0.4},
+        {"epoch": 0, "step": 19, "train/loss": 1.8, "train/acc": 0.3},
+        {"epoch": 1, "step": 29, "lr-AdamW/pg1": 0.003},
+        {"epoch": 1, "step": 39, "val/loss": 1.2, "val/acc": 0.6},
+        {"epoch": 1, "step": 39, "train/loss": 1.4, "train/acc": 0.5},
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
+    table = epoch_table(tmp_path / "metrics.csv")
+    assert list(table.index) == [1, 2]
+    assert list(table["val_acc"]) == [0.4, 0.6] and list(table["train_loss"]) == [1.8, 1.4]
+    assert list(table["lr"]) == [0.002, 0.003]

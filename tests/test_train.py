@@ -1,0 +1,166 @@
+import json
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+
+from era_utils.export import load_model
+from era_utils.train import TrainConfig, build_datamodule, build_net, fit, main, parse_args
+
+
+def _cfg(image_folder, out, **overrides) -> TrainConfig:
+    base = dict(data_dir=str(image_folder), out=str(out), batch_size=8, num_workers=0, max_lr=0.01)
+    return TrainConfig(**(base | overrides))
+
+
+def test_fast_dev_run_cli_writes_weights_json_and_plots(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "--data-dir",
+            str(image_folder),
+            "--out",
+            str(out),
+            "--fast-dev-run",
+            "--batch-size",
+            "8",
+            "--num-workers",
+            "0",
+            "--n-misclassified",
+            "3",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= summary["accuracy"] <= 1.0 and summary["n"] == 8
+    net, config = load_model(out / "model.safetensors")
+    assert config["metrics"]["accuracy"] == summary["accuracy"]
+    assert config["training"]["fast_dev_run"] is True
+    for name in ("augmented_samples", "lr_finder", "confusion_matrix", "per_class_accuracy", "misclassified"):
+        assert (out / "images" / f"{name}.png").stat().st_size > 0
+    assert len(list((out / "misclassified_images").glob("*.png"))) <= 3
+    assert (out / "misclassified.npz").is_file() and len(list((out / "examples").glob("*.png"))) == 10
+
+
+def test_cli_flags_reach_the_config():
+    cfg = parse_args(
+        [
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+            "--num-nodes",
+            "3",
+            "--precision",
+            "32",
+            "--resume",
+            "--max-lr",
+            "0.02",
+            "--seed",
+            "7",
+            "--epochs",
+            "5",
+            "--batch-size",
+            "64",
+        ]
+    )
+    assert (cfg.devices, cfg.strategy, cfg.num_nodes, cfg.precision, cfg.resume) == ("2", "ddp", 3, "32", True)
+    assert (cfg.max_lr, cfg.seed, cfg.epochs, cfg.batch_size) == (0.02, 7, 5, 64)
+
+
+def test_default_precision_is_bf16_on_cpu(image_folder, tmp_path):
+    from era_utils.train import default_precision
+
+    assert default_precision(_cfg(image_folder, tmp_path, accelerator="cpu")) == "bf16-mixed"
+    assert default_precision(_cfg(image_folder, tmp_path, accelerator="gpu")) == "16-mixed"
+
+
+def test_two_process_ddp_fast_dev_run(image_folder, tmp_path, repo):
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "era_utils.train",
+            "--data-dir",
+            str(image_folder),
+            "--out",
+            str(out),
+            "--fast-dev-run",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+            "--max-lr",
+            "0.01",
+            "--batch-size",
+            "8",
+            "--num-workers",
+            "0",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world_size: 2" in proc.stderr + proc.stdout or "MEMBER: 2/2" in proc.stderr + proc.stdout
+    assert (out / "model.safetensors").is_file()
+
+
+class Interrupt(L.Callback):
+    """Fails in the middle of epoch `epoch`, as a killed job would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == 1:
+            raise RuntimeError("simulated interruption")
+
+
+class RecordStart(L.Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.epoch, self.step = trainer.current_epoch, trainer.global_step
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(image_folder, tmp_path):
+    cfg = _cfg(image_folder, tmp_path / "resume", epochs=3, ema_decay=0.9)
+    dm = build_datamodule(cfg)
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="simulated"):
+        fit(cfg, build_net(cfg), dm, cfg.max_lr, extra_callbacks=[Interrupt(epoch=1)])
+    assert (cfg.checkpoint_dir / "last.ckpt").is_file()
+
+    start = RecordStart()
+    cfg.resume = True
+    trainer, _ = fit(cfg, build_net(cfg), dm, cfg.max_lr, extra_callbacks=[start])
+    steps_per_epoch = 5  # 40 training images in batches of 8
+    assert (start.epoch, start.step) == (1, steps_per_epoch)  # from the end of epoch 0, not from scratch
+    assert trainer.current_epoch == 3 and trainer.global_step == 3 * steps_per_epoch
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(image_folder, tmp_path, capsys):
+    code = main(
+        [
+            "--data-dir",
+            str(image_folder),
+            "--out",
+            str(tmp_path / "empty"),
+            "--resume",
+            "--max-lr",
+            "0.01",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--num-workers",
+            "0",
+        ]
+    )
+    assert code == 2
+    assert "no checkpoint" in capsys.readouterr().err
