@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import (
     EMAWeightAveraging,
@@ -20,6 +21,7 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 from torch.utils.data import Subset
 
@@ -87,7 +89,7 @@ class RunResult:
     test_metrics: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     weights: Path | None = None
-    history: object = None
+    history: pd.DataFrame | None = None
 
 
 def uses_gpu(cfg: TrainConfig) -> bool:
@@ -186,6 +188,7 @@ def fit(
     return trainer, lit
 
 
+@rank_zero_only
 def save_samples(dm: CIFAR10DataModule, path: Path, n: int = 32) -> None:
     """The augmented training images the network sees, denormalized, with their labels."""
     dataset = dm.train_dataset()

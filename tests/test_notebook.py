@@ -7,7 +7,12 @@ import papermill
 
 
 def _code_cells(notebook) -> list[str]:
-    return [c.source.strip() for c in notebook.cells if c.cell_type == "code"]
+    """Code cells, without the cell papermill injects to record the parameters of the committed run."""
+    return [
+        c.source.strip()
+        for c in notebook.cells
+        if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])
+    ]
 
 
 def test_notebook_and_its_script_hold_the_same_code(repo):
