@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 COLUMNS = {"train/loss": "train_loss", "train/acc": "train_acc", "val/loss": "val_loss", "val/acc": "val_acc"}
@@ -13,7 +14,11 @@ def epoch_table(metrics_csv: str | Path) -> pd.DataFrame:
     lr_columns = [c for c in raw.columns if c.startswith("lr-")]
     table = raw.groupby("epoch").last()[[c for c in COLUMNS if c in raw.columns]].rename(columns=COLUMNS)
     if lr_columns:
-        table["lr"] = raw.dropna(subset=[lr_columns[0]]).groupby("epoch")[lr_columns[0]].last()
+        # LearningRateMonitor's rows carry a step but no epoch: place each in the epoch whose last step covers it.
+        epoch_ends = raw.dropna(subset=["epoch"]).groupby("epoch")["step"].max()
+        lr = raw.dropna(subset=[lr_columns[0]])
+        position = np.searchsorted(epoch_ends.to_numpy(), lr["step"].to_numpy()).clip(max=len(epoch_ends) - 1)
+        table["lr"] = lr.groupby(epoch_ends.index[position])[lr_columns[0]].last()
     table = table.dropna(subset=[c for c in ("train_loss", "val_loss") if c in table.columns], how="all")
     table.index = table.index.astype(int) + 1
     table.index.name = "epoch"

@@ -133,11 +133,11 @@ def test_gradcam_grid_saves_a_figure(trained_net, test_batch, tmp_path):
 
 def test_epoch_table_collapses_lightning_csv_rows_per_epoch(tmp_path):
     rows = [
-        {"epoch": 0, "step": 9, "lr-AdamW/pg1": 0.001},
-        {"epoch": 0, "step": 19, "lr-AdamW/pg1": 0.002},
+        {"step": 9, "lr-AdamW/pg1": 0.001},
+        {"step": 19, "lr-AdamW/pg1": 0.002},
         {"epoch": 0, "step": 19, "val/loss": 1.5, "val/acc": 0.4},
         {"epoch": 0, "step": 19, "train/loss": 1.8, "train/acc": 0.3},
-        {"epoch": 1, "step": 29, "lr-AdamW/pg1": 0.003},
+        {"step": 29, "lr-AdamW/pg1": 0.003},
         {"epoch": 1, "step": 39, "val/loss": 1.2, "val/acc": 0.6},
         {"epoch": 1, "step": 39, "train/loss": 1.4, "train/acc": 0.5},
     ]
