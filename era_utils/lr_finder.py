@@ -1,5 +1,6 @@
 """Leslie Smith's LR range test with torch-lr-finder; the network and optimizer are restored after."""
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,4 +62,8 @@ def find_lr(
     plt.close(fig)
     result = LRFinderResult(float(suggested), list(finder.history["lr"]), list(finder.history["loss"]), plot_path)
     finder.reset()
+    # Collect the range test's loader iterator now: left to a later GC, it can be finalized inside a forked
+    # training worker, which prints "Exception ignored in _MultiProcessingDataLoaderIter.__del__".
+    del finder
+    gc.collect()
     return result

@@ -1,0 +1,170 @@
+"""Latency and load benchmark of the Space, printed as JSON (a benchmark, not a test).
+
+    python benchmarks/app_latency.py                      # starts space_app/app.py on a free port
+    python benchmarks/app_latency.py --url http://127.0.0.1:7860/ --pid 1234   # an app already running
+    python benchmarks/app_latency.py --quick              # a few requests, to check that it works
+
+Measures, with gradio_client over HTTP (client side: upload, queue, handler, download):
+  * /predict p50/p95, and /predict followed by /explain with 10 Grad-CAMs p50/p95;
+  * 200 /predict requests from 8 concurrent clients: errors, throughput, the server's RSS before/after.
+And server side, i.e. the time inside the handlers alone, timed in this process on the same files:
+  * SpaceApp.predict p50/p95, and SpaceApp.predict + SpaceApp.explain(10 Grad-CAMs) p50/p95.
+Goals on a 2-core CPU: server-side predict p95 <= 50 ms; 10 Grad-CAMs <= 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from app_helpers import APP_DIR, copy_app, rss_bytes, running_app  # noqa: E402
+
+GOAL_PREDICT_P95_MS = 50.0
+GOAL_TEN_CAMS_MS = 1000.0
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = sorted(1000 * s for s in seconds)
+    if not ms:
+        return {}
+    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
+    median = statistics.median(ms)
+    return {"n": len(ms), "p50_ms": round(median, 2), "p95_ms": round(p95, 2), "max_ms": round(ms[-1], 2)}
+
+
+def timed(fn: Callable[[], object], n: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def server_side(image: Path, n: int, layer: str) -> dict[str, dict[str, float]]:
+    """The handlers themselves, in this process: what the server spends per request."""
+    sys.path.insert(0, str(APP_DIR))
+    import app  # space_app/ is a folder of scripts, not a package
+
+    sp = app.SpaceApp(APP_DIR)
+    path = str(image)
+    predict = timed(lambda: sp.predict(path, 5), n)
+    cams = timed(lambda: (sp.predict(path, 10), sp.explain(path, True, 10, layer, 0.5)), max(3, n // 5))
+    return {"predict": percentiles(predict), "predict_plus_10_gradcams": percentiles(cams)}
+
+
+def client_side(url: str, image: Path, n: int, layer: str) -> dict[str, dict[str, float]]:
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False)
+    file = handle_file(str(image))
+    predict = timed(lambda: client.predict(file, 5, api_name="/predict"), n)
+
+    def predict_and_explain() -> None:
+        client.predict(file, 10, api_name="/predict")
+        client.predict(file, True, 10, layer, 0.5, api_name="/explain")
+
+    cams = timed(predict_and_explain, max(3, n // 5))
+    return {"predict": percentiles(predict), "predict_plus_10_gradcams": percentiles(cams)}
+
+
+def load_test(url: str, image: Path, requests: int, concurrency: int, pid: int | None) -> dict[str, object]:
+    from gradio_client import Client, handle_file
+
+    clients = [Client(url, verbose=False) for _ in range(concurrency)]
+    file = handle_file(str(image))
+    errors: list[str] = []
+    latencies: list[float] = []
+
+    def one(i: int) -> None:
+        start = time.perf_counter()
+        try:
+            out = clients[i % concurrency].predict(file, 5, api_name="/predict")
+            if len(out["confidences"]) != 5:
+                errors.append(f"request {i}: {len(out['confidences'])} classes")
+        except Exception as err:  # every failure is counted, not raised
+            errors.append(f"request {i}: {type(err).__name__}: {err}")
+        latencies.append(time.perf_counter() - start)
+
+    rss_before = rss_bytes(pid) if pid else None
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - start
+    rss_after = rss_bytes(pid) if pid else None
+    # A second round: memory should stay flat, not grow with every request.
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(requests, 2 * requests)))
+    rss_after_2 = rss_bytes(pid) if pid else None
+    mb = (lambda b: round(b / 2**20, 1)) if pid else (lambda b: None)
+    return {
+        "requests": 2 * requests,
+        "concurrency": concurrency,
+        "errors": len(errors),
+        "first_errors": errors[:5],
+        "throughput_rps": round(requests / wall, 1),
+        "latency": percentiles(latencies),
+        "server_rss_mb": {
+            "before": mb(rss_before),
+            "after_round_1": mb(rss_after),
+            "after_round_2": mb(rss_after_2),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="benchmark an app already running here instead of starting one")
+    p.add_argument("--pid", type=int, help="with --url: the server's process id, for its memory")
+    p.add_argument("--image", type=Path, default=APP_DIR / "examples" / "cat.png")
+    p.add_argument("--layer", default="layer2")
+    p.add_argument("-n", type=int, default=100, help="sequential requests per latency figure")
+    p.add_argument("--requests", type=int, default=200, help="requests per round of the load test")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--quick", action="store_true", help="a handful of requests: check the benchmark runs")
+    p.add_argument("--nice", action="store_true", help="start the app with nice -n 19 (shared machine)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.requests = 5, 16
+
+    result: dict[str, object] = {
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "image": str(args.image.relative_to(REPO) if args.image.is_relative_to(REPO) else args.image),
+    }
+    result["server_side"] = server_side(args.image, args.n, args.layer)
+    with contextlib.ExitStack() as stack:
+        if args.url:
+            url, pid = args.url, args.pid
+        else:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            url, pid = stack.enter_context(running_app(copy_app(root / "space_app"), root / "app.log", nice=args.nice))
+        result["client_side"] = client_side(url, args.image, args.n, args.layer)
+        result["load"] = load_test(url, args.image, args.requests, args.concurrency, pid)
+
+    server = result["server_side"]
+    load = result["load"]
+    result["goals"] = {
+        "predict_p95_le_50ms": server["predict"]["p95_ms"] <= GOAL_PREDICT_P95_MS,
+        "ten_gradcams_le_1s": server["predict_plus_10_gradcams"]["p95_ms"] <= GOAL_TEN_CAMS_MS,
+        "load_without_errors": load["errors"] == 0,
+    }
+    print(json.dumps(result, indent=2))
+    return 0 if load["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
