@@ -241,9 +241,9 @@ def export_artifacts(
 
 def run(cfg: TrainConfig) -> RunResult:
     """Run every stage; in multi-process runs only global rank 0 writes the reports."""
+    dm = build_datamodule(cfg)  # first, so that a bad --data-dir fails before anything is printed or written
     L.seed_everything(cfg.seed, workers=True)
     cfg.images_dir.mkdir(parents=True, exist_ok=True)
-    dm = build_datamodule(cfg)
     save_samples(dm, cfg.images_dir / "augmented_samples.png")
     net = build_net(cfg)
     max_lr = cfg.max_lr if cfg.max_lr is not None else run_lr_finder(cfg, net, dm).suggested_lr
