@@ -339,20 +339,14 @@ class SpaceApp:
             )
 
             # Controls that only matter when a box is ticked appear when it is ticked.
-            show_cam.change(
-                lambda on: (gr.update(visible=on), gr.update(visible=on)),
-                show_cam,
-                [cam_controls, cam_gallery],
-                queue=False,
-                api_visibility="private",
-            )
-            show_mis.change(
-                lambda on: (gr.update(visible=on), gr.update(visible=on)),
-                show_mis,
-                [n_mis, mis_gallery],
-                queue=False,
-                api_visibility="private",
-            )
+            for box, dependents in ((show_cam, [cam_controls, cam_gallery]), (show_mis, [n_mis, mis_gallery])):
+                box.change(
+                    lambda on: (gr.update(visible=on), gr.update(visible=on)),
+                    box,
+                    dependents,
+                    queue=False,
+                    api_visibility="private",
+                )
 
             cam_inputs = [image, show_cam, n_cams, layer, opacity]
             # The public API: /predict (image, top_k) -> label, then /explain and /misclassified.
