@@ -6,7 +6,7 @@ python -m era_utils.train --data-dir ../shared/data/cifar10-jpeg --epochs 24 --o
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import (
-    EMAWeightAveraging,
     LearningRateMonitor,
     ModelCheckpoint,
     TQDMProgressBar,
+    WeightAveraging,
 )
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -54,7 +54,7 @@ class TrainConfig:
     weight_decay: float = 0.05  # decoupled (AdamW), conv and linear weights only
     label_smoothing: float = 0.1
     logit_scale: float = 0.125  # Page's output scaling; slows the last layer under Adam
-    ema_decay: float = 0.995  # per-step EMA of weights and BN buffers; 0 turns it off
+    ema_decay: float = 0.995  # per-step EMA of weights and BN buffers, with warm-up; 0 turns it off
     pct_start: float = 5 / 24  # warm-up share of OneCycle: 5 of 24 epochs
     lr_find_iters: int = 200
     accelerator: str = "auto"
@@ -131,6 +131,21 @@ def run_lr_finder(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule) ->
     return result
 
 
+def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the n updates so far (as timm does).
+
+    Without the ramp a short run exports mostly its random initial weights: 0.995 ** 98 = 61% after one epoch.
+    """
+
+    @torch.no_grad()
+    def update(ema: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        step_decay = min(decay, (1 + n) / (10 + n))
+        return step_decay * ema + (1 - step_decay) * current
+
+    return update
+
+
 def build_trainer(cfg: TrainConfig, extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     callbacks = [
         *extra_callbacks,
@@ -142,7 +157,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Sequence[L.Callback] = ()) 
         ModelCheckpoint(dirpath=cfg.checkpoint_dir, filename="last", enable_version_counter=False),
     ]
     if cfg.ema_decay > 0:
-        callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
+        callbacks.append(WeightAveraging(device=None, use_buffers=True, avg_fn=ema_with_warmup(cfg.ema_decay)))
     devices = int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices
     return L.Trainer(
         max_epochs=cfg.epochs,

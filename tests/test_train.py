@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from era_utils.export import load_model
-from era_utils.train import TrainConfig, build_datamodule, build_net, fit, main, parse_args
+from era_utils.train import TrainConfig, build_datamodule, build_net, ema_with_warmup, fit, main, parse_args
 
 
 def _cfg(image_folder, out, **overrides) -> TrainConfig:
@@ -164,3 +164,37 @@ def test_resume_without_a_checkpoint_is_a_clear_error(image_folder, tmp_path, ca
     )
     assert code == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_ema_decay_ramps_up_from_the_first_updates_to_the_configured_decay():
+    update = ema_with_warmup(0.995)
+    ema, current = torch.zeros(1), torch.ones(1)
+    assert update(ema, current, torch.tensor(1)).item() == pytest.approx(1 - 2 / 11)
+    assert update(ema, current, torch.tensor(100_000)).item() == pytest.approx(0.005)
+    for n in range(1, 99):  # one epoch of CIFAR-10 at batch 512
+        ema = update(ema, current, torch.tensor(n))
+    assert ema.item() > 0.99  # without the ramp: 1 - 0.995 ** 98 = 0.39
+
+
+def _flat_weights(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()]).clone()
+
+
+class RecordWeights(L.Callback):
+    """Raw weights at the start and the end of training, before the EMA is swapped in."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.initial = _flat_weights(pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self.final = _flat_weights(pl_module)
+
+
+def test_a_short_run_exports_an_average_of_recent_weights_not_the_initial_ones(image_folder, tmp_path):
+    cfg = _cfg(image_folder, tmp_path / "ema", epochs=3, ema_decay=0.995)
+    record = RecordWeights()
+    torch.manual_seed(0)
+    _, lit = fit(cfg, build_net(cfg), build_datamodule(cfg), cfg.max_lr, extra_callbacks=[record])
+    averaged = _flat_weights(lit)
+    assert not torch.equal(averaged, record.final)  # the average was swapped in
+    assert (averaged - record.final).norm() < 0.5 * (record.initial - record.final).norm()
