@@ -3,9 +3,11 @@
 python scripts/readme_tables.py model              # layers, output shapes, parameters, receptive field
 python scripts/readme_tables.py epochs             # per-epoch log from logs/metrics.csv
 python scripts/readme_tables.py classes EVAL.json  # per-class accuracy from era_utils.evaluate's output
+python scripts/readme_tables.py misclassified      # the first ten of misclassified_images/, captioned
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -86,6 +88,28 @@ def classes_table(evaluate_json: str) -> str:
     return "\n".join(lines)
 
 
+def misclassified_table(folder: str = "misclassified_images", n: int = 10) -> str:
+    pattern = re.compile(r"\d+_(\w+?)_as_(\w+?)_(\d+)pct\.png")
+    cells = []
+    for path in sorted(Path(folder).glob("*_as_*.png"))[:n]:
+        true, pred, confidence = pattern.fullmatch(path.name).groups()
+        cells.append((f"{true} → {pred} ({confidence}%)", f"{folder}/{path.name}"))
+    lines = [
+        "| " + " | ".join(str(i) for i in range(1, len(cells) + 1)) + " |",
+        "|" + "---|" * len(cells),
+        "| " + " | ".join(f"![{text}]({src})" for text, src in cells) + " |",
+        "| " + " | ".join(text for text, _ in cells) + " |",
+    ]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     what, *args = sys.argv[1:] or ["model"]
-    print({"model": model_table, "epochs": epochs_table, "classes": classes_table}[what](*args))
+    print(
+        {
+            "model": model_table,
+            "epochs": epochs_table,
+            "classes": classes_table,
+            "misclassified": misclassified_table,
+        }[what](*args)
+    )

@@ -1,0 +1,46 @@
+"""What the weight EMA bought: test accuracy of a run's averaged weights against its raw final weights.
+
+python benchmarks/ema_gain.py --checkpoint checkpoints/last.ckpt --data-dir ../shared/data/cifar10-jpeg
+
+Lightning's WeightAveraging stores the average in the checkpoint's `state_dict` and the raw weights in
+`current_model_state`; both are evaluated in fp32 on the test split. Prints one JSON line.
+"""
+
+import argparse
+import json
+
+import torch
+
+from era_utils.config import NUM_CLASSES
+from era_utils.data import ArrayDataset, load_split
+from era_utils.evaluate import predict
+from era_utils.model import CustomResNet
+from era_utils.train import TrainConfig
+from era_utils.transforms import test_transforms
+
+
+def network(state_dict: dict[str, torch.Tensor], logit_scale: float) -> CustomResNet:
+    net = CustomResNet(NUM_CLASSES, logit_scale=logit_scale)
+    net.load_state_dict({name.removeprefix("net."): value for name, value in state_dict.items()})
+    return net
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="checkpoints/last.ckpt")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--logit-scale", type=float, default=TrainConfig.logit_scale)
+    args = parser.parse_args()
+    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)  # our own Lightning checkpoint
+    if "current_model_state" not in checkpoint:
+        raise SystemExit("error: this checkpoint was saved without the weight EMA; there is nothing to compare")
+    dataset = ArrayDataset(load_split("test", args.data_dir), test_transforms())
+    result = {"epoch": checkpoint["epoch"], "global_step": checkpoint["global_step"]}
+    for name, key in (("ema", "state_dict"), ("raw", "current_model_state")):
+        report = predict(network(checkpoint[key], args.logit_scale), dataset).report()
+        result[name] = {"accuracy": report["accuracy"], "accuracy_tta": report["accuracy_tta"]}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
