@@ -349,6 +349,14 @@ class SpaceApp:
                 )
 
             cam_inputs = [image, show_cam, n_cams, layer, opacity]
+            explain_event = dict(
+                fn=self._skip_without_image(self.explain, (None, [])),
+                inputs=cam_inputs,
+                outputs=[seen, cam_gallery],
+                preprocess=False,
+                api_visibility="private",
+                trigger_mode="always_last",
+            )
             # The public API: /predict (image, top_k) -> label, then /explain and /misclassified.
             submit.click(
                 self._for_visitor(self.predict), [image, top_k], label, api_name="predict", preprocess=False
@@ -364,23 +372,8 @@ class SpaceApp:
                 preprocess=False,
                 api_visibility="private",
                 trigger_mode="always_last",
-            ).success(
-                self._skip_without_image(self.explain, (None, [])),
-                cam_inputs,
-                [seen, cam_gallery],
-                preprocess=False,
-                api_visibility="private",
-                trigger_mode="always_last",
-            )
-            gr.on(
-                [show_cam.change, n_cams.release, layer.change, opacity.release],
-                self._skip_without_image(self.explain, (None, [])),
-                cam_inputs,
-                [seen, cam_gallery],
-                preprocess=False,
-                api_visibility="private",
-                trigger_mode="always_last",
-            )
+            ).success(**explain_event)
+            gr.on([show_cam.change, n_cams.release, layer.change, opacity.release], **explain_event)
             gr.on(
                 [show_mis.change, n_mis.release, show_cam.change, layer.change, opacity.release],
                 self._for_visitor(self.misclassified),
