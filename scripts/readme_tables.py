@@ -4,6 +4,7 @@ python scripts/readme_tables.py model              # layers, output shapes, para
 python scripts/readme_tables.py epochs             # per-epoch log from logs/metrics.csv
 python scripts/readme_tables.py classes EVAL.json  # per-class accuracy from era_utils.evaluate's output
 python scripts/readme_tables.py misclassified      # the first ten of misclassified_images/, captioned
+python scripts/readme_tables.py sweep RESULTS.jsonl  # short tuning runs from benchmarks/hparam_sweep.py
 """
 
 import json
@@ -103,6 +104,20 @@ def misclassified_table(folder: str = "misclassified_images", n: int = 10) -> st
     return "\n".join(lines)
 
 
+def sweep_table(results_jsonl: str) -> str:
+    runs = [json.loads(line) for line in Path(results_jsonl).read_text().splitlines() if line.strip()]
+    lines = [
+        "| variant | epochs | test acc | flip TTA | last train acc | minutes |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['variant']} | {r['epochs']} | {r['test_acc']:.2%} | {r['test_acc_tta']:.2%} "
+            f"| {r['final_train_acc']:.2%} | {r['minutes']} |"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     what, *args = sys.argv[1:] or ["model"]
     print(
@@ -111,5 +126,6 @@ if __name__ == "__main__":
             "epochs": epochs_table,
             "classes": classes_table,
             "misclassified": misclassified_table,
+            "sweep": sweep_table,
         }[what](*args)
     )
