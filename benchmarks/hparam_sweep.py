@@ -33,7 +33,10 @@ def parse_variant(spec: str) -> dict[str, float | int]:
         name, _, value = item.partition("=")
         if name not in TUNABLE:
             raise SystemExit(f"unknown knob {name!r}; tunable: {', '.join(sorted(TUNABLE))}")
-        overrides[name] = TUNABLE[name](value)
+        try:
+            overrides[name] = TUNABLE[name](value)
+        except ValueError:
+            raise SystemExit(f"{item!r}: expected {name}=<{TUNABLE[name].__name__}>") from None
     return overrides
 
 
