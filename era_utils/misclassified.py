@@ -1,5 +1,6 @@
 """The model's most confident mistakes on the test split, as image files and one compact store."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,20 @@ def caption(label: int, pred: int, confidence: float) -> str:
     return f"{CLASS_NAMES[label]} → {CLASS_NAMES[pred]} ({100 * confidence:.0f}%)"
 
 
+FILE_NAME = re.compile(r"\d+_([a-z]+)_as_([a-z]+)_(\d+)pct\.png")
+
+
+def file_name(rank: int, label: int, pred: int, confidence: float) -> str:
+    """`<rank>_<true>_as_<pred>_<confidence>pct.png`; `parse_file_name` reads it back."""
+    return f"{rank:02d}_{CLASS_NAMES[label]}_as_{CLASS_NAMES[pred]}_{100 * confidence:.0f}pct.png"
+
+
+def parse_file_name(name: str) -> tuple[int, int, float]:
+    """(true label, predicted label, confidence) from a name that `file_name` wrote."""
+    true, pred, percent = FILE_NAME.fullmatch(name).groups()
+    return CLASS_NAMES.index(true), CLASS_NAMES.index(pred), int(percent) / 100
+
+
 def export_misclassified(
     images: np.ndarray, labels: np.ndarray, probs: np.ndarray, out_dir: str | Path, n: int = 20
 ) -> list[Path]:
@@ -30,7 +45,7 @@ def export_misclassified(
     paths = []
     for rank, i in enumerate(confident_mistakes(labels, probs, n), start=1):
         pred = int(probs[i].argmax())
-        name = f"{rank:02d}_{CLASS_NAMES[labels[i]]}_as_{CLASS_NAMES[pred]}_{100 * probs[i, pred]:.0f}pct.png"
+        name = file_name(rank, labels[i], pred, probs[i, pred])
         Image.fromarray(images[i]).save(out_dir / name)
         paths.append(out_dir / name)
     return paths

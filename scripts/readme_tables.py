@@ -8,7 +8,6 @@ python scripts/readme_tables.py sweep RESULTS.jsonl  # short tuning runs from be
 """
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torch import nn
 
 from era_utils.config import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
 from era_utils.history import epoch_table
+from era_utils.misclassified import caption, parse_file_name
 from era_utils.model import CustomResNet
 
 ROWS = [
@@ -90,11 +90,8 @@ def classes_table(evaluate_json: str) -> str:
 
 
 def misclassified_table(folder: str = "misclassified_images", n: int = 10) -> str:
-    pattern = re.compile(r"\d+_(\w+?)_as_(\w+?)_(\d+)pct\.png")
-    cells = []
-    for path in sorted(Path(folder).glob("*_as_*.png"))[:n]:
-        true, pred, confidence = pattern.fullmatch(path.name).groups()
-        cells.append((f"{true} → {pred} ({confidence}%)", f"{folder}/{path.name}"))
+    paths = sorted(Path(folder).glob("*_as_*.png"))[:n]
+    cells = [(caption(*parse_file_name(path.name)), f"{folder}/{path.name}") for path in paths]
     lines = [
         "| " + " | ".join(str(i) for i in range(1, len(cells) + 1)) + " |",
         "|" + "---|" * len(cells),

@@ -15,7 +15,7 @@ from era_utils.evaluate import main as evaluate_main
 from era_utils.export import CONFIG_NAME, export_model, load_model
 from era_utils.gradcam import gradcam_grid, gradcam_overlays
 from era_utils.history import epoch_table
-from era_utils.misclassified import confident_mistakes, export_misclassified, save_store
+from era_utils.misclassified import confident_mistakes, export_misclassified, parse_file_name, save_store
 from era_utils.model import GRADCAM_LAYERS, CustomResNet
 
 
@@ -99,6 +99,7 @@ def test_export_writes_n_named_files_and_a_compact_store(tmp_path):
         "02_automobile_as_airplane_90pct.png",
         "03_airplane_as_automobile_70pct.png",
     ]
+    assert [parse_file_name(p.name) for p in paths] == [(0, 1, 0.95), (1, 0, 0.9), (0, 1, 0.7)]
     store = np.load(save_store(images, labels, probs, tmp_path / "store.npz", n=3))
     assert store["images"].dtype == np.uint8 and store["images"].shape == (3, 32, 32, 3)
     assert np.array_equal(store["images"][0], images[4])
