@@ -70,11 +70,16 @@ def test_cli_flags_reach_the_config():
     assert (cfg.max_lr, cfg.seed, cfg.epochs, cfg.batch_size) == (0.02, 7, 5, 64)
 
 
-def test_default_precision_is_bf16_on_cpu(image_folder, tmp_path):
-    from era_utils.train import default_precision
+@pytest.mark.parametrize(("fast_bf16", "expected"), [(True, "bf16-mixed"), (False, "32-true")])
+def test_default_precision_on_cpu_is_bf16_only_where_the_cpu_runs_it_fast(
+    image_folder, tmp_path, monkeypatch, fast_bf16, expected
+):
+    from era_utils import train
 
-    assert default_precision(_cfg(image_folder, tmp_path, accelerator="cpu")) == "bf16-mixed"
-    assert default_precision(_cfg(image_folder, tmp_path, accelerator="gpu")) == "16-mixed"
+    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: fast_bf16)
+    assert train.default_precision(_cfg(image_folder, tmp_path, accelerator="cpu")) == expected
+    assert train.default_precision(_cfg(image_folder, tmp_path, accelerator="gpu")) == "16-mixed"
+    assert train.default_precision(_cfg(image_folder, tmp_path, accelerator="cpu", precision="64-true")) == "64-true"
 
 
 def test_two_process_ddp_fast_dev_run(image_folder, tmp_path, repo):
