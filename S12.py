@@ -45,6 +45,8 @@ import subprocess
 import sys
 
 if importlib.util.find_spec("era_utils") is None and "google.colab" in sys.modules:
+    if "OWNER/REPO" in REPO_URL:
+        raise SystemExit("Set REPO_URL in the parameters cell to this repository's GitHub URL, then run all again.")
     subprocess.run(["git", "clone", "--depth", "1", REPO_URL, "/content/S12"], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/S12/requirements.txt"], check=True)
     sys.path.insert(0, "/content/S12")

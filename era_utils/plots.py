@@ -67,9 +67,11 @@ def confusion(labels: np.ndarray, preds: np.ndarray, path: str | Path | None = N
 
 
 def per_class_accuracy(labels: np.ndarray, preds: np.ndarray, path: str | Path | None = None) -> Figure:
-    correct = [100 * np.mean(preds[labels == c] == c) for c in range(len(CLASS_NAMES))]
+    """One bar per class present in `labels` (a smoke run's small test subset may lack some)."""
+    present = [c for c in range(len(CLASS_NAMES)) if np.any(labels == c)]
+    correct = [100 * np.mean(preds[labels == c] == c) for c in present]
     fig, ax = plt.subplots(figsize=(9, 4))
-    sns.barplot(x=list(CLASS_NAMES), y=correct, color="tab:blue", ax=ax)
+    sns.barplot(x=[CLASS_NAMES[c] for c in present], y=correct, color="tab:blue", ax=ax)
     ax.bar_label(ax.containers[0], fmt="%.1f")
     ax.set(ylabel="accuracy (%)", ylim=(min(correct) - 10, 100), title="Per-class test accuracy")
     fig.tight_layout()

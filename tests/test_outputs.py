@@ -1,6 +1,7 @@
 """Export round trip, evaluate's JSON, misclassified export, Grad-CAM and the epoch table."""
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from era_utils.gradcam import gradcam_grid, gradcam_overlays
 from era_utils.history import epoch_table
 from era_utils.misclassified import confident_mistakes, export_misclassified, parse_file_name, save_store
 from era_utils.model import GRADCAM_LAYERS, CustomResNet
+from era_utils.plots import per_class_accuracy
 
 
 @pytest.fixture
@@ -147,3 +149,15 @@ def test_epoch_table_collapses_lightning_csv_rows_per_epoch(tmp_path):
     assert list(table.index) == [1, 2]
     assert list(table["val_acc"]) == [0.4, 0.6] and list(table["train_loss"]) == [1.8, 1.4]
     assert list(table["lr"]) == [0.002, 0.003]
+
+
+def test_per_class_accuracy_plots_only_the_classes_present(tmp_path):
+    labels = np.array([0, 0, 3, 3, 3])
+    preds = np.array([0, 1, 3, 3, 5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = per_class_accuracy(labels, preds, tmp_path / "per_class.png")
+    bars = fig.axes[0].containers[0]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [CLASS_NAMES[0], CLASS_NAMES[3]]
+    assert [b.get_height() for b in bars] == pytest.approx([50.0, 100 * 2 / 3])
+    assert (tmp_path / "per_class.png").stat().st_size > 0
