@@ -99,8 +99,8 @@ def uses_gpu(cfg: TrainConfig) -> bool:
 def cpu_has_fast_bf16() -> bool:
     """Whether oneDNN runs bf16 on this CPU (AVX-512 BW/VL/DQ, or AMX).
 
-    Where it does, bf16 autocast trained 1.85x faster than fp32 (benchmarks/train_throughput.py); on an
-    AVX2-only CPU it falls back to slow reference kernels: 2.9 against 41 images/s for fp32, measured here.
+    Where it does, bf16 autocast trained 1.85x faster than fp32; on an AVX2-only CPU it trained 12x slower,
+    3.1 against 36.7 images/s (benchmarks/train_throughput.py, README "Performance").
     """
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
