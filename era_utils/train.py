@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import (
     WeightAveraging,
 )
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from PIL import Image
 from torch.utils.data import Subset
 
@@ -108,6 +108,8 @@ def cpu_has_fast_bf16() -> bool:
 def default_precision(cfg: TrainConfig) -> str:
     """fp16 mixed precision on GPU; bf16 autocast on a CPU that runs it fast, else fp32."""
     if cfg.precision:
+        if cfg.precision.startswith("bf16") and not uses_gpu(cfg) and not cpu_has_fast_bf16():
+            rank_zero_warn(f"--precision {cfg.precision}: this CPU runs bf16 about 12x slower than fp32 (32-true)")
         return cfg.precision
     if uses_gpu(cfg):
         return "16-mixed"

@@ -82,6 +82,16 @@ def test_default_precision_on_cpu_is_bf16_only_where_the_cpu_runs_it_fast(
     assert train.default_precision(_cfg(image_folder, tmp_path, accelerator="cpu", precision="64-true")) == "64-true"
 
 
+def test_asking_for_bf16_on_a_cpu_without_fast_bf16_warns(image_folder, tmp_path, monkeypatch):
+    from era_utils import train
+
+    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: False)
+    cfg = _cfg(image_folder, tmp_path, accelerator="cpu", precision="bf16-mixed")
+    with pytest.warns(UserWarning, match="12x slower"):
+        precision = train.default_precision(cfg)
+    assert precision == "bf16-mixed"  # warned, but what was asked for
+
+
 def test_two_process_ddp_fast_dev_run(image_folder, tmp_path, repo):
     out = tmp_path / "ddp"
     proc = subprocess.run(
