@@ -51,9 +51,20 @@ def export_misclassified(
     return paths
 
 
-def save_store(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, path: str | Path, n: int = 100) -> Path:
-    """One compressed .npz for the app: uint8 images, true labels, predictions, confidences, test indices."""
+def save_store(
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    path: str | Path,
+    n: int = 100,
+    test_indices: np.ndarray | None = None,
+) -> Path:
+    """One compressed .npz for the app: uint8 images, true labels, predictions, confidences, test indices.
+
+    `test_indices[i]` is the position of row i in the test split (default: rows are the whole split).
+    """
     idx = confident_mistakes(labels, probs, n)
+    positions = np.arange(len(labels)) if test_indices is None else np.asarray(test_indices)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
@@ -62,7 +73,7 @@ def save_store(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, path: 
         labels=labels[idx].astype(np.int64),
         preds=probs[idx].argmax(1).astype(np.int64),
         confidences=probs[idx].max(1).astype(np.float32),
-        test_indices=idx.astype(np.int64),
+        test_indices=positions[idx].astype(np.int64),
         classes=np.asarray(CLASS_NAMES),
     )
     return path

@@ -235,17 +235,24 @@ def save_examples(dm: CIFAR10DataModule, out_dir: Path) -> None:
             Image.fromarray(split.images[hits[0]]).save(out_dir / f"{name}.png")
 
 
+def report_indices(cfg: TrainConfig, dm: CIFAR10DataModule) -> np.ndarray:
+    """The test images the reports use: all of them, or with fast_dev_run one batch spread evenly over
+    the split (an image folder's split is sorted by class, so its first batch would hold one class)."""
+    n = len(dm.test_split.labels)
+    if not cfg.fast_dev_run:
+        return np.arange(n)
+    return np.linspace(0, n - 1, min(cfg.batch_size, n)).round().astype(int)
+
+
 def report(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule) -> tuple[Predictions, dict]:
     """fp32 predictions on the test split, then confusion matrix, per-class accuracy and mistakes."""
-    dataset = dm.test_dataset()
-    if cfg.fast_dev_run:
-        dataset = Subset(dataset, range(min(cfg.batch_size, len(dataset))))
-    preds = predict(net.float().cpu(), dataset)
+    indices = report_indices(cfg, dm)
+    preds = predict(net.float().cpu(), Subset(dm.test_dataset(), indices.tolist()))
     metrics = preds.report()
     labels, predicted = preds.labels, preds.probs.argmax(1)
     plots.confusion(labels, predicted, cfg.images_dir / "confusion_matrix.png")
     plots.per_class_accuracy(labels, predicted, cfg.images_dir / "per_class_accuracy.png")
-    images = dm.test_split.images[: len(labels)]
+    images = dm.test_split.images[indices]
     export_misclassified(images, labels, preds.probs, cfg.out_path / "misclassified_images", cfg.n_misclassified)
     idx = confident_mistakes(labels, preds.probs, cfg.n_misclassified)
     captions = [caption(labels[i], predicted[i], preds.probs[i].max()) for i in idx]
@@ -260,9 +267,11 @@ def export_artifacts(
     """Weights + JSON, the app's examples and its misclassified store, into `app_dir` (default `out`)."""
     metrics = {k: v for k, v in preds.report().items() if k in ("n", "accuracy", "accuracy_tta")}
     training = asdict(cfg) | {"max_lr": max_lr}
-    images = dm.test_split.images[: len(preds.labels)]
+    indices = report_indices(cfg, dm)
     target = Path(cfg.app_dir) if cfg.app_dir else cfg.out_path
-    save_store(images, preds.labels, preds.probs, target / "misclassified.npz")
+    save_store(
+        dm.test_split.images[indices], preds.labels, preds.probs, target / "misclassified.npz", test_indices=indices
+    )
     save_examples(dm, target / "examples")
     return export_model(net, target, metrics, training)
 

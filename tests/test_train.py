@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -42,6 +43,10 @@ def test_fast_dev_run_cli_writes_weights_json_and_plots(image_folder, tmp_path, 
         assert (out / "images" / f"{name}.png").stat().st_size > 0
     assert len(list((out / "misclassified_images").glob("*.png"))) <= 3
     assert (out / "misclassified.npz").is_file() and len(list((out / "examples").glob("*.png"))) == 10
+    # The reports' one batch is spread over the class-sorted test split (3 per class), not its first 8 images.
+    store = np.load(out / "misclassified.npz")
+    assert set(store["test_indices"]) <= {0, 4, 8, 12, 17, 21, 25, 29}
+    assert np.array_equal(store["labels"], store["test_indices"] // 3)
 
 
 def test_cli_flags_reach_the_config():
