@@ -7,7 +7,7 @@ other precision too. Prints one JSON object.
 
     python benchmarks/train_throughput.py --data-dir ../shared/data/cifar10-jpeg
 
-On a CPU without fast bf16 the bf16 loop is about 14x slower than fp32: `--steps 2 --warmup 1` keeps it short.
+On a CPU without fast bf16 the bf16 loop is about 12x slower than fp32: `--steps 3 --warmup 1` keeps it short.
 """
 
 import argparse

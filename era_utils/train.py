@@ -97,7 +97,7 @@ def uses_gpu(cfg: TrainConfig) -> bool:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN runs bf16 on this CPU (AVX-512 BW/VL/DQ, or AMX).
+    """Whether oneDNN runs bf16 on this CPU (on x86: AVX-512; PyTorch's own check).
 
     Where it does, bf16 autocast trained 1.85x faster than fp32; on an AVX2-only CPU it trained 12x slower,
     3.1 against 36.7 images/s (benchmarks/train_throughput.py, README "Performance").
