@@ -87,6 +87,13 @@ def test_default_precision_on_cpu_is_bf16_only_where_the_cpu_runs_it_fast(
     assert train.default_precision(_cfg(image_folder, tmp_path, accelerator="cpu", precision="64-true")) == "64-true"
 
 
+def test_without_pytorchs_bf16_check_the_cpu_counts_as_fp32_only(monkeypatch):
+    from era_utils import train
+
+    monkeypatch.setattr(torch.ops, "mkldnn", object())  # a PyTorch release without the private op
+    assert train.cpu_has_fast_bf16() is False
+
+
 def test_asking_for_bf16_on_a_cpu_without_fast_bf16_warns(image_folder, tmp_path, monkeypatch):
     from era_utils import train
 
