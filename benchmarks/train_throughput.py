@@ -22,7 +22,7 @@ from era_utils.config import NUM_CLASSES
 from era_utils.data import CIFAR10DataModule
 from era_utils.lit_module import LitClassifier
 from era_utils.model import CustomResNet
-from era_utils.train import TrainConfig, cpu_has_fast_bf16, default_precision
+from era_utils.train import TrainConfig, default_precision
 
 
 def bare_loop(dm: CIFAR10DataModule, steps: int, warmup: int, bf16: bool) -> float:
@@ -96,8 +96,8 @@ def main() -> None:
     dm = CIFAR10DataModule(args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers)
     dm.setup()
     run = dict(steps=args.steps, warmup=args.warmup)
-    fast_bf16 = cpu_has_fast_bf16()
     precision = default_precision(TrainConfig(accelerator="cpu"))
+    fast_bf16 = precision.startswith("bf16")
     bare = bare_loop(dm, bf16=fast_bf16, **run)
     lightning = lightning_pipeline(dm, precision=precision, **run)
     bare_other = bare_loop(dm, bf16=not fast_bf16, **run)
