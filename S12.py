@@ -25,6 +25,8 @@
 # papermill overrides these. `SMOKE = True` trains on 20 images per class for one epoch (CI runs the
 # notebook that way). `DATA_DIR = None` downloads CIFAR-10 (Colab); offline, point it at an image
 # folder such as `../shared/data/cifar10-jpeg`. `MAX_LR = None` takes the LR finder's suggestion.
+# `OVERRIDES` sets any other `TrainConfig` field, e.g. `{"weight_decay": 0.2, "label_smoothing": 0.2}`
+# (headless: `-y '{OVERRIDES: {weight_decay: 0.2}}'`); empty keeps the package defaults.
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -32,6 +34,7 @@ EPOCHS = 24
 DATA_DIR = None
 OUT = "."
 MAX_LR = None
+OVERRIDES = {}
 REPO_URL = "https://github.com/OWNER/REPO.git"  # this repository on GitHub (used in Colab only)
 
 # %% [markdown]
@@ -82,6 +85,7 @@ cfg = TrainConfig(
     per_class=20 if SMOKE else None,
     lr_find_iters=20 if SMOKE else 200,
     app_dir=str(Path(OUT) / "space_app"),
+    **OVERRIDES,
 )
 print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}, precision: {default_precision(cfg)}")
 cfg
