@@ -55,11 +55,21 @@ def predict(net: nn.Module, dataset: Dataset, batch_size: int = 500) -> Predicti
     return Predictions(torch.cat(labels).numpy(), torch.cat(probs).numpy(), torch.cat(probs_tta).numpy())
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m era_utils.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--weights", required=True, help="model.safetensors, with model.json beside it")
     parser.add_argument("--data-dir", default=None, help="offline image folder (train/ and test/); default: download")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=positive_int, default=500)
     args = parser.parse_args(argv)
     try:
         net, _ = load_model(args.weights)

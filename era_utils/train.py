@@ -41,6 +41,28 @@ from era_utils.transforms import denormalize
 FAST_DEV_LR_FIND_ITERS = 20
 
 
+class ConfigError(ValueError):
+    """A knob of TrainConfig is out of its range; the message names it and the range."""
+
+
+# Numeric knobs and the ranges they must lie in (None, where a knob allows it, is always valid).
+VALID_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "max_lr": (lambda v: v > 0, "positive"),
+    "weight_decay": (lambda v: v >= 0, "0 or more"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "logit_scale": (lambda v: v > 0, "positive"),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 turns the EMA off)"),
+    "pct_start": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "lr_find_iters": (lambda v: v >= FAST_DEV_LR_FIND_ITERS, f"at least {FAST_DEV_LR_FIND_ITERS}"),
+    "num_nodes": (lambda v: v >= 1, "at least 1"),
+    "per_class": (lambda v: v >= 1, "at least 1"),
+    "num_workers": (lambda v: v >= 0, "0 or more"),
+    "n_misclassified": (lambda v: v >= 0, "0 or more"),
+}
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a run; written into the exported JSON."""
@@ -69,6 +91,12 @@ class TrainConfig:
     num_workers: int = 2
     n_misclassified: int = 20
     app_dir: str | None = None  # where weights, examples and the misclassified store go; None: `out`
+
+    def __post_init__(self) -> None:
+        for name, (valid, must_be) in VALID_RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not valid(value):
+                raise ConfigError(f"{name} must be {must_be}, got {value}")
 
     @property
     def out_path(self) -> Path:
@@ -303,7 +331,9 @@ def run(cfg: TrainConfig) -> RunResult:
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     defaults = TrainConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m era_utils.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data-dir", help="offline image folder with train/<class>/ and test/<class>/; default: download")
     p.add_argument("--download-root", default=defaults.download_root)
     p.add_argument("--out", default=defaults.out, help="artifacts folder")
@@ -329,7 +359,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--num-workers", type=int, default=defaults.num_workers)
     p.add_argument("--n-misclassified", type=int, default=defaults.n_misclassified)
     p.add_argument("--app-dir", help="write weights, examples and the misclassified store here (default: OUT)")
-    return TrainConfig(**{k.replace("-", "_"): v for k, v in vars(p.parse_args(argv)).items()})
+    try:
+        return TrainConfig(**vars(p.parse_args(argv)))
+    except ConfigError as err:
+        p.error(str(err))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,6 +80,15 @@ def test_evaluate_with_missing_weights_is_a_clear_error(image_folder, tmp_path, 
     assert capsys.readouterr().err.startswith("error:")
 
 
+def test_evaluate_with_a_batch_size_below_one_is_a_usage_error(image_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        evaluate_main(
+            ["--weights", str(tmp_path / "w.safetensors"), "--data-dir", str(image_folder), "--batch-size", "0"]
+        )
+    assert stop.value.code == 2
+    assert "--batch-size: must be at least 1, got 0" in capsys.readouterr().err
+
+
 def _probs_and_labels() -> tuple[np.ndarray, np.ndarray]:
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.05, 0.95]])
     probs = np.pad(probs, ((0, 0), (0, NUM_CLASSES - 2)))

@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from era_utils.export import load_model
-from era_utils.train import TrainConfig, build_datamodule, build_net, ema_with_warmup, fit, main, parse_args
+from era_utils.train import (
+    ConfigError,
+    TrainConfig,
+    build_datamodule,
+    build_net,
+    ema_with_warmup,
+    fit,
+    main,
+    parse_args,
+)
 
 
 def _cfg(image_folder, out, **overrides) -> TrainConfig:
@@ -73,6 +82,37 @@ def test_cli_flags_reach_the_config():
     )
     assert (cfg.devices, cfg.strategy, cfg.num_nodes, cfg.precision, cfg.resume) == ("2", "ddp", 3, "32", True)
     assert (cfg.max_lr, cfg.seed, cfg.epochs, cfg.batch_size) == (0.02, 7, 5, 64)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--epochs", "0"),
+        ("--batch-size", "0"),
+        ("--max-lr", "-0.01"),
+        ("--weight-decay", "-1"),
+        ("--label-smoothing", "1.5"),
+        ("--ema-decay", "1.5"),
+        ("--lr-find-iters", "5"),
+        ("--per-class", "0"),
+        ("--num-workers", "-1"),
+    ],
+)
+def test_out_of_range_flags_stop_with_one_clear_line_before_any_work(flag, value, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(out), flag, value])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag[2:].replace("-", "_") in error and value in error
+    assert not out.exists()
+
+
+def test_config_ranges_hold_outside_the_cli_too_and_accept_their_edges():
+    with pytest.raises(ConfigError, match="label_smoothing must be in"):
+        TrainConfig(label_smoothing=1.0)
+    edge = TrainConfig(ema_decay=0.0, label_smoothing=0.0, weight_decay=0.0, num_workers=0, n_misclassified=0)
+    assert (edge.ema_decay, edge.label_smoothing) == (0.0, 0.0)
 
 
 @pytest.mark.parametrize(("fast_bf16", "expected"), [(True, "bf16-mixed"), (False, "32-true")])
