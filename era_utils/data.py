@@ -50,8 +50,11 @@ class ArrayDataset(Dataset):
 
 
 def _decode(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        image = np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("RGB"))
+    except OSError as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise DataError(f"{path} is not a readable image ({err}); remove or replace it") from err
     if image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(f"{path} is {image.shape[1]}x{image.shape[0]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
     return image

@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -44,6 +45,14 @@ def test_wrong_layout_lists_the_missing_class_folders(tmp_path):
     (tmp_path / "train" / "cat").mkdir(parents=True)
     with pytest.raises(DataError, match="airplane"):
         load_split("train", tmp_path)
+
+
+def test_an_unreadable_file_in_the_folder_is_named(image_folder, tmp_path):
+    root = shutil.copytree(image_folder, tmp_path / "data")
+    broken = root / "test" / "dog" / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="broken.jpg is not a readable image"):
+        load_split("test", root)
 
 
 def test_failed_download_names_the_offline_option(tmp_path, monkeypatch):
