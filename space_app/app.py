@@ -365,7 +365,7 @@ class SpaceApp:
             )
             # Uploading, clicking an example or moving k re-runs without a click.
             gr.on(
-                [image.change, top_k.release],
+                [image.change, top_k.change],
                 self._skip_without_image(self.predict, None),
                 [image, top_k],
                 label,
@@ -373,9 +373,9 @@ class SpaceApp:
                 api_visibility="private",
                 trigger_mode="always_last",
             ).success(**explain_event)
-            gr.on([show_cam.change, n_cams.release, layer.change, opacity.release], **explain_event)
+            gr.on([show_cam.change, n_cams.change, layer.change, opacity.change], **explain_event)
             gr.on(
-                [show_mis.change, n_mis.release, show_cam.change, layer.change, opacity.release],
+                [show_mis.change, n_mis.change, show_cam.change, layer.change, opacity.change],
                 self._for_visitor(self.misclassified),
                 [show_mis, n_mis, show_cam, layer, opacity],
                 mis_gallery,

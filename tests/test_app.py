@@ -550,6 +550,13 @@ def test_browser_upload_set_k_and_read_labels(server, sp: space.SpaceApp, tmp_pa
                 timeout=60_000,
             )
             labels = rows.all_inner_texts()
+            # The keyboard moves a slider too (no pointer release): k + 1 rows without a click.
+            page.locator("#top-k input[type=range]").focus()
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function(
+                f"document.querySelectorAll(\"#prediction [data-testid$='-confidence-set']\").length === {k + 1}",
+                timeout=60_000,
+            )
             page.locator("#show-cam input[type=checkbox]").check()
             page.locator("#gradcam-gallery img").first.wait_for(timeout=60_000)
             page.locator("#model-input img").wait_for(timeout=60_000)
