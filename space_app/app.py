@@ -396,6 +396,7 @@ def launch_options() -> dict[str, Any]:
     """
     return {
         "max_file_size": MAX_FILE_BYTES,
+        "show_error": True,  # a request Gradio itself refuses (say, text where a file belongs) says why
         "theme": gr.themes.Soft(),
         "css": CSS,
         "allowed_paths": [str(APP_DIR / EXAMPLES_DIR)],

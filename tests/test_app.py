@@ -511,6 +511,14 @@ def test_http_upload_size_is_capped(client, server, tmp_path: Path) -> None:
     assert len(out["confidences"]) == 2
 
 
+def test_a_request_gradio_refuses_before_the_app_says_why(client) -> None:
+    from gradio_client import handle_file
+
+    with pytest.raises(Exception, match="ImageData"):  # noqa: B017  (gradio_client's AppError)
+        client.predict("not a file", 3, api_name="/predict")
+    assert client.predict(handle_file(str(APP_DIR / "examples" / "cat.png")), 1, api_name="/predict")["label"]
+
+
 def test_gradcam_and_gallery_over_http(client) -> None:
     from gradio_client import handle_file
 
