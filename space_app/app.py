@@ -47,6 +47,8 @@ GAP = 8  # white pixels between a mistake and its Grad-CAM overlay
 CSS = """
 #upload img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 #model-input img { image-rendering: pixelated; }
+/* Gradio cuts gallery captions at 80% of the item's width; "automobile → truck (95%)" lost its confidence. */
+#misclassified-gallery .caption-label, #gradcam-gallery .caption-label { max-width: 96%; white-space: normal; }
 """
 
 

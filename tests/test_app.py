@@ -568,10 +568,18 @@ def test_browser_upload_set_k_and_read_labels(server, sp: space.SpaceApp, tmp_pa
             page.locator("#show-cam input[type=checkbox]").check()
             page.locator("#gradcam-gallery img").first.wait_for(timeout=60_000)
             page.locator("#model-input img").wait_for(timeout=60_000)
+            page.locator("#show-mistakes input[type=checkbox]").check()
+            page.wait_for_function("document.querySelectorAll('#misclassified-gallery img').length >= 10")
+            # Every caption is shown whole: Gradio's default cut "automobile → truck (95…".
+            cut_captions = page.evaluate(
+                """() => [...document.querySelectorAll('#misclassified-gallery .caption-label')]
+                .map(c => [c.textContent, c.scrollWidth > c.clientWidth])"""
+            )
             page.screenshot(path=str(tmp_path / "space_app.png"), full_page=True)
         finally:
             browser.close()
     assert labels == list(sp.predict(str(APP_DIR / "examples" / "horse.png"), k))
+    assert len(cut_captions) >= 10 and not [text for text, cut in cut_captions if cut]
     assert (tmp_path / "space_app.png").stat().st_size > 10_000
 
 
