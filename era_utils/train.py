@@ -176,7 +176,8 @@ def run_lr_finder(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule) ->
 
 
 def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the n updates so far (as timm does).
+    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the n updates so far
+    (TensorFlow's ExponentialMovingAverage rule with `num_updates`).
 
     Without the ramp a short run exports mostly its random initial weights: 0.995 ** 98 = 61% after one epoch.
     """
@@ -248,10 +249,14 @@ def fit(
 
 
 @rank_zero_only
-def save_samples(dm: CIFAR10DataModule, path: Path, n: int = 32) -> None:
-    """The augmented training images the network sees, denormalized, with their labels."""
+def save_samples(dm: CIFAR10DataModule, path: Path, n: int = 32, seed: int = 0) -> None:
+    """A random draw of augmented training images as the network sees them, denormalized, with their labels.
+
+    Random, not the first `n`: an image folder's split is sorted by class, so those would all be airplanes.
+    """
     dataset = dm.train_dataset()
-    pairs = [dataset[i] for i in range(min(n, len(dataset)))]
+    picks = np.random.default_rng(seed).choice(len(dataset), min(n, len(dataset)), replace=False)
+    pairs = [dataset[int(i)] for i in picks]
     images = denormalize(torch.stack([x for x, _ in pairs]).numpy())
     plots.image_grid(images, [CLASS_NAMES[y] for _, y in pairs], path, title="Augmented training samples")
 

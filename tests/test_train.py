@@ -17,6 +17,7 @@ from era_utils.train import (
     fit,
     main,
     parse_args,
+    save_samples,
 )
 
 
@@ -265,3 +266,10 @@ def test_a_short_run_exports_an_average_of_recent_weights_not_the_initial_ones(i
     averaged = _flat_weights(lit)
     assert not torch.equal(averaged, record.final)  # the average was swapped in
     assert (averaged - record.final).norm() < 0.5 * (record.initial - record.final).norm()
+
+
+def test_sample_grid_draws_from_every_part_of_a_class_sorted_folder(image_folder, tmp_path, monkeypatch):
+    shown = {}
+    monkeypatch.setattr("era_utils.plots.image_grid", lambda images, captions, path, **kw: shown.update(c=captions))
+    save_samples(build_datamodule(_cfg(image_folder, tmp_path)), tmp_path / "samples.png", n=8)
+    assert len(shown["c"]) == 8 and len(set(shown["c"])) >= 4
