@@ -121,10 +121,15 @@ class SpaceApp:
 
     def predict(self, image: Any, top_k: Any) -> dict[str, float]:
         """The top-k classes and their probabilities; k is a whole number from 1 to 10."""
-        k = parse_int(top_k, "k (the number of classes shown)", 1, self.clf.max_k)
-        x, notes = self._model_input(image)
-        for note in notes:
+        top = self.rerank(image, top_k)
+        for note in self._model_input(image)[1]:
             gr.Warning(note)
+        return top
+
+    def rerank(self, image: Any, top_k: Any) -> dict[str, float]:
+        """`predict` without the notes about the image: for a new k on an image already warned about."""
+        k = parse_int(top_k, "k (the number of classes shown)", 1, self.clf.max_k)
+        x, _ = self._model_input(image)
         probs = self.clf.probabilities(x[None])[0]
         top = np.argsort(-probs, kind="stable")[:k]
         return {self.clf.classes[i]: float(probs[i]) for i in top}
@@ -365,9 +370,9 @@ class SpaceApp:
             ).success(
                 self._for_visitor(self.explain), cam_inputs, [seen, cam_gallery], api_name="explain", preprocess=False
             )
-            # Uploading, clicking an example or moving k re-runs without a click.
-            gr.on(
-                [image.change, top_k.change],
+            # Uploading or clicking an example re-runs without a click; so does moving k, without
+            # repeating the notes about the image (and without Grad-CAM, which does not depend on k).
+            image.change(
                 self._skip_without_image(self.predict, None),
                 [image, top_k],
                 label,
@@ -375,6 +380,14 @@ class SpaceApp:
                 api_visibility="private",
                 trigger_mode="always_last",
             ).success(**explain_event)
+            top_k.change(
+                self._skip_without_image(self.rerank, None),
+                [image, top_k],
+                label,
+                preprocess=False,
+                api_visibility="private",
+                trigger_mode="always_last",
+            )
             gr.on([show_cam.change, n_cams.change, layer.change, opacity.change], **explain_event)
             gr.on(
                 [show_mis.change, n_mis.change, show_cam.change, layer.change, opacity.change],

@@ -340,6 +340,16 @@ def test_unusual_images_are_converted_with_a_warning(sp, tmp_path: Path, warning
         assert np.allclose(x.reshape(-1, 3).mean(0), colour, atol=3), x.reshape(-1, 3).mean(0)
 
 
+def test_a_new_k_reranks_without_repeating_the_notes(sp, tmp_path: Path, warnings_shown: list[str]) -> None:
+    path = save(Image.new("L", (40, 40), 128), tmp_path / "gray.png")
+    first = ui(sp.predict)(str(path), 3)
+    assert len(warnings_shown) == 1 and "Grayscale" in warnings_shown[0]
+    again = ui(sp.rerank)(str(path), 5)
+    assert len(warnings_shown) == 1 and list(again)[:3] == list(first)
+    with pytest.raises(gr.Error, match="from 1 to 10"):
+        ui(sp.rerank)(str(path), 11)
+
+
 def test_exif_orientation_is_applied(sp: space.SpaceApp, tmp_path: Path, warnings_shown: list[str]) -> None:
     path = _exif_rotated(tmp_path / "photo")
     loaded = inference.open_image(path, 32)
