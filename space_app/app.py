@@ -372,22 +372,15 @@ class SpaceApp:
             )
             # Uploading or clicking an example re-runs without a click; so does moving k, without
             # repeating the notes about the image (and without Grad-CAM, which does not depend on k).
-            image.change(
-                self._skip_without_image(self.predict, None),
-                [image, top_k],
-                label,
-                preprocess=False,
-                api_visibility="private",
-                trigger_mode="always_last",
-            ).success(**explain_event)
-            top_k.change(
-                self._skip_without_image(self.rerank, None),
-                [image, top_k],
-                label,
+            rank_event = dict(
+                inputs=[image, top_k],
+                outputs=label,
                 preprocess=False,
                 api_visibility="private",
                 trigger_mode="always_last",
             )
+            image.change(self._skip_without_image(self.predict, None), **rank_event).success(**explain_event)
+            top_k.change(self._skip_without_image(self.rerank, None), **rank_event)
             gr.on([show_cam.change, n_cams.change, layer.change, opacity.change], **explain_event)
             gr.on(
                 [show_mis.change, n_mis.change, show_cam.change, layer.change, opacity.change],
