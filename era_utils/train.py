@@ -95,7 +95,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, (valid, must_be) in VALID_RANGES.items():
             value = getattr(self, name)
-            if value is not None and not valid(value):
+            if value is None:
+                continue
+            if not isinstance(value, int | float):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+            if not valid(value):
                 raise ConfigError(f"{name} must be {must_be}, got {value}")
 
     @property

@@ -112,6 +112,8 @@ def test_out_of_range_flags_stop_with_one_clear_line_before_any_work(flag, value
 def test_config_ranges_hold_outside_the_cli_too_and_accept_their_edges():
     with pytest.raises(ConfigError, match="label_smoothing must be in"):
         TrainConfig(label_smoothing=1.0)
+    with pytest.raises(ConfigError, match="epochs must be a number, got '24'"):  # e.g. the notebook's OVERRIDES
+        TrainConfig(epochs="24")
     edge = TrainConfig(ema_decay=0.0, label_smoothing=0.0, weight_decay=0.0, num_workers=0, n_misclassified=0)
     assert (edge.ema_decay, edge.label_smoothing) == (0.0, 0.0)
 
