@@ -121,18 +121,21 @@ class SpaceApp:
 
     def predict(self, image: Any, top_k: Any) -> dict[str, float]:
         """The top-k classes and their probabilities; k is a whole number from 1 to 10."""
-        top = self.rerank(image, top_k)
-        for note in self._model_input(image)[1]:
+        top, notes = self._top_k(image, top_k)
+        for note in notes:
             gr.Warning(note)
         return top
 
     def rerank(self, image: Any, top_k: Any) -> dict[str, float]:
         """`predict` without the notes about the image: for a new k on an image already warned about."""
+        return self._top_k(image, top_k)[0]
+
+    def _top_k(self, image: Any, top_k: Any) -> tuple[dict[str, float], list[str]]:
         k = parse_int(top_k, "k (the number of classes shown)", 1, self.clf.max_k)
-        x, _ = self._model_input(image)
+        x, notes = self._model_input(image)
         probs = self.clf.probabilities(x[None])[0]
         top = np.argsort(-probs, kind="stable")[:k]
-        return {self.clf.classes[i]: float(probs[i]) for i in top}
+        return {self.clf.classes[i]: float(probs[i]) for i in top}, notes
 
     def explain(
         self, image: Any, show_cam: Any, count: Any, layer: Any, opacity: Any
