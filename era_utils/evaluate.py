@@ -1,6 +1,9 @@
 """Test-split accuracy of exported weights, plain and with flip test-time augmentation.
 
 python -m era_utils.evaluate --weights space_app/model.safetensors --data-dir ../shared/data/cifar10-jpeg
+
+With --write-metrics the report also replaces "metrics" in the model.json beside the weights
+(everything else in it, and the weights, stay as they are).
 """
 
 import argparse
@@ -15,8 +18,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from era_utils.config import CLASS_NAMES
 from era_utils.data import ArrayDataset, DataError, load_split
-from era_utils.export import load_model
+from era_utils.export import load_model, write_metrics
 from era_utils.transforms import test_transforms
+
+
+def confusion_counts(labels: np.ndarray, predicted: np.ndarray, num_classes: int = len(CLASS_NAMES)) -> np.ndarray:
+    """num_classes × num_classes counts: row = true class, column = predicted class."""
+    k = num_classes
+    return np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
 
 
 @dataclass
@@ -26,7 +35,7 @@ class Predictions:
     probs_tta: np.ndarray
 
     def report(self) -> dict:
-        """Overall and per-class accuracy, plain and with flip TTA."""
+        """Overall and per-class accuracy, plain and with flip TTA, and the single view's confusion counts."""
         out: dict = {"n": int(len(self.labels))}
         for key, probs in (("", self.probs), ("_tta", self.probs_tta)):
             correct = probs.argmax(1) == self.labels
@@ -36,6 +45,7 @@ class Predictions:
                 for c, name in enumerate(CLASS_NAMES)
                 if (self.labels == c).any()
             }
+        out["confusion"] = confusion_counts(self.labels, self.probs.argmax(1)).tolist()
         return out
 
 
@@ -70,14 +80,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", required=True, help="model.safetensors, with model.json beside it")
     parser.add_argument("--data-dir", default=None, help="offline image folder (train/ and test/); default: download")
     parser.add_argument("--batch-size", type=positive_int, default=500)
+    parser.add_argument(
+        "--write-metrics", action="store_true", help='also replace "metrics" in the model.json beside the weights'
+    )
     args = parser.parse_args(argv)
     try:
-        net, _ = load_model(args.weights)
+        net, config = load_model(args.weights)
+        if config["classes"] != list(CLASS_NAMES):
+            raise ValueError(f"{args.weights} was trained on classes {config['classes']}, not CIFAR-10's")
         dataset = ArrayDataset(load_split("test", args.data_dir), test_transforms())
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(predict(net, dataset, args.batch_size).report()))
+    metrics = predict(net, dataset, args.batch_size).report()
+    if args.write_metrics:
+        try:
+            write_metrics(args.weights, metrics)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    print(json.dumps(metrics))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,15 @@ def export_model(
         "weights_file": WEIGHTS_NAME,
         "sha256": sha256_of(weights),
     }
-    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    write_config(out_dir / CONFIG_NAME, config)
     return weights
+
+
+def write_config(path: Path, config: dict[str, Any]) -> None:
+    """Write the JSON through a temporary file, so a failed write leaves the old file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def read_config(weights: str | Path) -> dict[str, Any]:
@@ -57,7 +65,12 @@ def read_config(weights: str | Path) -> dict[str, Any]:
     config_path = weights.with_name(CONFIG_NAME)
     if not weights.is_file() or not config_path.is_file():
         raise FileNotFoundError(f"need {weights} and {config_path} side by side")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path} is not valid JSON ({err})") from None
+    if not isinstance(config, dict) or "sha256" not in config:
+        raise ValueError(f"{config_path} has no sha256: is it a model.json from era_utils.export?")
     if sha256_of(weights) != config["sha256"]:
         raise ValueError(f"{weights} does not match the sha256 in {config_path}")
     return config
@@ -71,6 +84,14 @@ def load_model(weights: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     net = CustomResNet(num_classes=config["num_classes"], logit_scale=config["logit_scale"])
     net.load_state_dict(load_file(str(weights)))
     return net.eval(), config
+
+
+def write_metrics(weights: str | Path, metrics: dict[str, Any]) -> Path:
+    """Replace "metrics" in the JSON beside `weights` (checked against its sha256), keeping the rest."""
+    config = read_config(weights)
+    path = Path(weights).with_name(CONFIG_NAME)
+    write_config(path, config | {"metrics": metrics})
+    return path
 
 
 def to_plain_state(state: dict[str, torch.Tensor], prefix: str = "net.") -> dict[str, torch.Tensor]:

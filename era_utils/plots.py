@@ -13,6 +13,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from era_utils.config import CLASS_NAMES
+from era_utils.evaluate import confusion_counts
 
 
 def save(fig: Figure, path: str | Path | None) -> Figure:
@@ -57,8 +58,7 @@ def training_curves(table: pd.DataFrame, path: str | Path | None = None) -> Figu
 
 def confusion(labels: np.ndarray, preds: np.ndarray, path: str | Path | None = None) -> Figure:
     """Confusion matrix of counts, true class by row."""
-    k = len(CLASS_NAMES)
-    matrix = np.bincount(labels * k + preds, minlength=k * k).reshape(k, k)
+    matrix = confusion_counts(labels, preds)
     fig, ax = plt.subplots(figsize=(8.5, 7))
     sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES, ax=ax)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test split)")

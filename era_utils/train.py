@@ -305,7 +305,7 @@ def export_artifacts(
     cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule, preds: Predictions, max_lr: float
 ) -> Path:
     """Weights + JSON, the app's examples and its misclassified store, into `app_dir` (default `out`)."""
-    metrics = {k: v for k, v in preds.report().items() if k in ("n", "accuracy", "accuracy_tta")}
+    metrics = preds.report()  # the schema model.json carries: see Predictions.report
     training = asdict(cfg) | {"max_lr": max_lr}
     indices = report_indices(cfg, dm)
     target = Path(cfg.app_dir) if cfg.app_dir else cfg.out_path

@@ -1,0 +1,164 @@
+"""model.json's metrics: per-class accuracy and confusion counts, written by the training export and
+refreshed from existing weights by `python -m era_utils.evaluate --write-metrics`."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from era_utils.config import CLASS_NAMES, NUM_CLASSES
+from era_utils.evaluate import Predictions, confusion_counts
+from era_utils.evaluate import main as evaluate_main
+from era_utils.export import CONFIG_NAME, WEIGHTS_NAME, export_model, load_model, write_metrics
+from era_utils.model import CustomResNet
+from era_utils.train import TrainConfig, build_datamodule, export_artifacts
+
+METRIC_KEYS = {"n", "accuracy", "accuracy_tta", "per_class", "per_class_tta", "confusion"}
+
+
+def random_predictions(labels: np.ndarray, seed: int = 0) -> Predictions:
+    """Two unrelated random views (plain, TTA), each right on about half of the images."""
+    rng = np.random.default_rng(seed)
+    views = []
+    for _ in range(2):
+        probs = rng.dirichlet(np.ones(NUM_CLASSES), len(labels))
+        right = rng.random(len(labels)) < 0.5
+        probs[right, labels[right]] += 1.0
+        views.append(probs / probs.sum(1, keepdims=True))
+    return Predictions(labels, *views)
+
+
+def counted_by_hand(labels: np.ndarray, predicted: np.ndarray) -> list[list[int]]:
+    matrix = [[0] * NUM_CLASSES for _ in range(NUM_CLASSES)]
+    for true, pred in zip(labels.tolist(), predicted.tolist(), strict=True):
+        matrix[true][pred] += 1
+    return matrix
+
+
+def per_class_by_hand(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    return {name: round(float(np.mean(predicted[labels == c] == c)), 4) for c, name in enumerate(CLASS_NAMES)}
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly initialised network exported with stale metrics; tests work on copies."""
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("exported")
+    export_model(CustomResNet(NUM_CLASSES).eval(), out, {"n": 1, "accuracy": 0.5, "accuracy_tta": 0.5})
+    return out
+
+
+@pytest.fixture
+def app_dir(exported: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(exported, tmp_path / "app"))
+
+
+def test_confusion_counts_rows_are_true_classes_and_columns_predictions() -> None:
+    labels, predicted = np.array([0, 0, 1, 9]), np.array([1, 1, 2, 9])
+    matrix = confusion_counts(labels, predicted)
+    assert matrix.shape == (NUM_CLASSES, NUM_CLASSES) and matrix.sum() == 4
+    assert matrix[0, 1] == 2 and matrix[1, 2] == 1 and matrix[9, 9] == 1
+
+
+def test_report_holds_single_view_confusion_and_both_per_class_accuracies() -> None:
+    labels = np.random.default_rng(1).integers(0, NUM_CLASSES, 500)
+    preds = random_predictions(labels)
+    report = json.loads(json.dumps(preds.report()))  # as model.json stores it
+    assert set(report) == METRIC_KEYS and report["n"] == 500
+    assert report["confusion"] == counted_by_hand(labels, preds.probs.argmax(1))
+    assert report["confusion"] != counted_by_hand(labels, preds.probs_tta.argmax(1))  # the views differ
+    assert report["per_class"] == per_class_by_hand(labels, preds.probs.argmax(1))
+    assert report["per_class_tta"] == per_class_by_hand(labels, preds.probs_tta.argmax(1))
+    assert list(report["per_class"]) == list(CLASS_NAMES)
+
+
+def test_training_export_writes_the_full_metrics(image_folder: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(data_dir=str(image_folder), out=str(tmp_path), app_dir=str(tmp_path / "app"), num_workers=0)
+    dm = build_datamodule(cfg)
+    preds = random_predictions(dm.test_split.labels)
+    weights = export_artifacts(cfg, CustomResNet(NUM_CLASSES), dm, preds, max_lr=0.01)
+    config = json.loads(weights.with_name(CONFIG_NAME).read_text())
+    assert config["metrics"] == json.loads(json.dumps(preds.report()))
+    assert set(config["metrics"]) == METRIC_KEYS
+
+
+def test_write_metrics_replaces_only_the_metrics(app_dir: Path, image_folder: Path, capsys) -> None:
+    before = files_of(app_dir)
+    weights = app_dir / WEIGHTS_NAME
+    assert evaluate_main(["--weights", str(weights), "--data-dir", str(image_folder)]) == 0
+    assert files_of(app_dir) == before  # without the flag, evaluate only prints
+    capsys.readouterr()
+    assert evaluate_main(["--weights", str(weights), "--data-dir", str(image_folder), "--write-metrics"]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    after = files_of(app_dir)
+    assert set(after) == set(before)  # no temporary file left behind
+    assert after[WEIGHTS_NAME] == before[WEIGHTS_NAME]
+    old, new = json.loads(before[CONFIG_NAME]), json.loads(after[CONFIG_NAME])
+    assert list(new) == list(old)
+    assert {k: v for k, v in new.items() if k != "metrics"} == {k: v for k, v in old.items() if k != "metrics"}
+    metrics = new["metrics"]
+    assert metrics == json.loads(line) and set(metrics) == METRIC_KEYS and metrics["n"] == 30
+    confusion = np.array(metrics["confusion"])
+    assert confusion.sum(1).tolist() == [3] * NUM_CLASSES  # 3 test images per class in the tiny folder
+    assert round(np.trace(confusion) / 30, 4) == metrics["accuracy"]
+    load_model(weights)  # the sha256 still matches
+
+
+def test_write_metrics_refuses_weights_that_do_not_match(app_dir: Path, tmp_path: Path) -> None:
+    _swap_in_other_weights(app_dir, tmp_path)
+    before = files_of(app_dir)
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        write_metrics(app_dir / WEIGHTS_NAME, {"n": 0})
+    assert files_of(app_dir) == before
+
+
+def _swap_in_other_weights(app_dir: Path, tmp_path: Path) -> list[str]:
+    torch.manual_seed(1)
+    other = export_model(CustomResNet(NUM_CLASSES), tmp_path / "other")
+    shutil.copy(other, app_dir / WEIGHTS_NAME)
+    return ["--weights", str(app_dir / WEIGHTS_NAME)]
+
+
+def _corrupt_json(app_dir: Path, tmp_path: Path) -> list[str]:
+    (app_dir / CONFIG_NAME).write_text('{"classes": [')
+    return ["--weights", str(app_dir / WEIGHTS_NAME)]
+
+
+def _foreign_json(app_dir: Path, tmp_path: Path) -> list[str]:
+    (app_dir / CONFIG_NAME).write_text('{"name": "some other model.json"}\n')
+    return ["--weights", str(app_dir / WEIGHTS_NAME)]
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (_swap_in_other_weights, "does not match the sha256"),
+        (lambda app, tmp: ["--weights", str(app / CONFIG_NAME)], "does not match the sha256"),
+        (_corrupt_json, "is not valid JSON"),
+        (_foreign_json, "has no sha256"),
+        (lambda app, tmp: ["--weights", str(app / "missing.safetensors")], "side by side"),
+        (lambda app, tmp: ["--weights", str(app / WEIGHTS_NAME), "--data-dir", str(tmp / "nowhere")], "does not exist"),
+        (lambda app, tmp: ["--weights", str(app / WEIGHTS_NAME), "--data-dir", str(app)], "lacks class folders"),
+    ],
+    ids=["other-weights", "json-as-weights", "corrupt-json", "foreign-json", "no-weights", "no-data-dir", "not-data"],
+)
+def test_bad_refresh_is_a_one_line_error_and_touches_nothing(
+    make_args, message: str, app_dir: Path, image_folder: Path, tmp_path: Path, capsys
+) -> None:
+    args = make_args(app_dir, tmp_path)
+    if "--data-dir" not in args:
+        args += ["--data-dir", str(image_folder)]
+    before = files_of(app_dir)
+    assert evaluate_main([*args, "--write-metrics"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+    assert files_of(app_dir) == before
