@@ -1,5 +1,7 @@
 """CIFAR-10 as uint8 arrays in memory, from torchvision's download or an offline image folder."""
 
+import random
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from era_utils.config import CLASS_NAMES, IMAGE_SIZE
 from era_utils.transforms import test_transforms, train_transforms
@@ -35,18 +37,58 @@ class Split:
         return Split(self.images[keep], self.labels[keep])
 
 
-class ArrayDataset(Dataset):
-    """Applies an albumentations pipeline to uint8 images; yields (CHW float tensor, label)."""
+def derived_seed(*keys: int) -> int:
+    """A 32-bit seed mixed from `keys` (e.g. seed, epoch, index) by numpy's SeedSequence."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
 
-    def __init__(self, split: Split, transform: A.Compose) -> None:
+
+class ArrayDataset(Dataset):
+    """Applies an albumentations pipeline to uint8 images; yields (CHW float tensor, label).
+
+    With a `seed`, image `index` of epoch `epoch` (the key `(index, epoch)` that `EpochShuffle` yields; a plain
+    index means epoch 0) is augmented with random draws seeded by (seed, epoch, index): the same in every worker
+    process and after a resume, which a pipeline's own random state is not (it is copied into each worker, and
+    not saved in checkpoints).
+    """
+
+    def __init__(self, split: Split, transform: A.Compose, seed: int | None = None) -> None:
         self.split = split
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.split.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(image=self.split.images[i])["image"], int(self.split.labels[i])
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        if self.seed is not None:
+            seed = derived_seed(self.seed, epoch, index)
+            # One stream shared by all the transforms (Compose(seed=...) would give each the same stream).
+            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        return self.transform(image=self.split.images[index])["image"], int(self.split.labels[index])
+
+
+class EpochShuffle(Sampler[tuple[int, int]]):
+    """A new order every epoch that depends only on (seed, epoch); yields (index, epoch) keys for ArrayDataset.
+
+    Lightning calls `set_epoch` at every epoch start, also after a resume and through the DistributedSampler
+    wrapper it puts around this sampler under DDP, so a resumed run sees the batches of an uninterrupted one.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
+        return ((int(i), self.epoch) for i in torch.randperm(self.size, generator=generator))
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -115,6 +157,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         num_workers: int = 2,
         per_class: int | None = None,
         download_root: str | Path = "data",
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.data_dir = data_dir
@@ -122,6 +165,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.per_class = per_class
         self.download_root = download_root
+        self.seed = seed  # training order and augmentation are a function of (seed, epoch, index)
         self.train_split: Split | None = None
         self.test_split: Split | None = None
 
@@ -141,26 +185,27 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def train_dataset(self, transform: A.Compose | None = None) -> ArrayDataset:
         self.setup()
-        return ArrayDataset(self.train_split, transform or train_transforms())
+        return ArrayDataset(self.train_split, transform or train_transforms(), seed=self.seed)
 
     def test_dataset(self) -> ArrayDataset:
         self.setup()
         return ArrayDataset(self.test_split, test_transforms())
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), shuffle=True)
+        dataset = self.train_dataset()
+        return self._loader(dataset, EpochShuffle(len(dataset), self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset(), shuffle=False)
+        return self._loader(self.test_dataset())
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset(), shuffle=False)
+        return self._loader(self.test_dataset())

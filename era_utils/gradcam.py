@@ -15,6 +15,17 @@ from era_utils.plots import image_grid
 from era_utils.transforms import denormalize
 
 
+def gradcam_masks(
+    net: CustomResNet, images: torch.Tensor, layer: str, target_classes: Sequence[int] | None = None
+) -> np.ndarray:
+    """Grad-CAM maps (N, H, W) in [0, 1] of normalized NCHW `images` at `layer`, for `target_classes`
+    (default: the prediction), upsampled to the images' size."""
+    net.eval()
+    targets = None if target_classes is None else [ClassifierOutputTarget(int(c)) for c in target_classes]
+    with GradCAM(model=net, target_layers=[gradcam_layer(net, layer)]) as cam:
+        return cam(input_tensor=images.float(), targets=targets)
+
+
 def gradcam_overlays(
     net: CustomResNet,
     images: torch.Tensor,
@@ -28,10 +39,7 @@ def gradcam_overlays(
     """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
-    net.eval()
-    targets = None if target_classes is None else [ClassifierOutputTarget(int(c)) for c in target_classes]
-    with GradCAM(model=net, target_layers=[gradcam_layer(net, layer)]) as cam:
-        masks = cam(input_tensor=images.float(), targets=targets)
+    masks = gradcam_masks(net, images, layer, target_classes)
     photos = denormalize(images.detach().cpu().numpy())
     overlays = [
         show_cam_on_image(photo, mask, use_rgb=True, image_weight=1.0 - opacity)

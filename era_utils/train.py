@@ -152,7 +152,9 @@ def default_precision(cfg: TrainConfig) -> str:
 
 
 def build_datamodule(cfg: TrainConfig) -> CIFAR10DataModule:
-    dm = CIFAR10DataModule(cfg.data_dir, cfg.batch_size, cfg.num_workers, cfg.per_class, cfg.download_root)
+    dm = CIFAR10DataModule(
+        cfg.data_dir, cfg.batch_size, cfg.num_workers, cfg.per_class, cfg.download_root, seed=cfg.seed
+    )
     dm.prepare_data()
     dm.setup()
     return dm

@@ -1,9 +1,11 @@
-"""Shared fixtures: a tiny CIFAR-like image-folder tree made of random images."""
+"""Shared fixtures: a tiny CIFAR-like image-folder tree made of random images, and a tiny learnable one
+(coloured squares) with one short fit on it that the tests of the learning and of Grad-CAM share."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+from learning_helpers import Squares, SquaresFit, fit_squares, make_squares_folder
 from PIL import Image
 
 from era_utils.config import CLASS_NAMES, IMAGE_SIZE
@@ -32,3 +34,15 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def squares(tmp_path_factory: pytest.TempPathFactory) -> Squares:
+    """16 training and 6 held-out test images per class: a class-coloured square at a class's place on noise."""
+    return make_squares_folder(tmp_path_factory.mktemp("squares"), train_per_class=16, test_per_class=6)
+
+
+@pytest.fixture(scope="session")
+def squares_fit(squares: Squares, tmp_path_factory: pytest.TempPathFactory) -> SquaresFit:
+    """One short fit (3 epochs of 8 steps of 20 images) through `era_utils.train.fit`, then its test."""
+    return fit_squares(squares, tmp_path_factory.mktemp("squares_fit"))

@@ -3,6 +3,7 @@
 import json
 import warnings
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +15,7 @@ from era_utils.config import CIFAR_MEAN, CIFAR_STD, CLASS_NAMES, NUM_CLASSES
 from era_utils.data import CIFAR10DataModule
 from era_utils.evaluate import main as evaluate_main
 from era_utils.export import CONFIG_NAME, export_model, load_model
-from era_utils.gradcam import gradcam_grid, gradcam_overlays
+from era_utils.gradcam import gradcam_grid, gradcam_masks, gradcam_overlays
 from era_utils.history import epoch_table
 from era_utils.misclassified import confident_mistakes, export_misclassified, parse_file_name, save_store
 from era_utils.model import GRADCAM_LAYERS, CustomResNet
@@ -119,11 +120,18 @@ def test_export_writes_n_named_files_and_a_compact_store(tmp_path):
 
 
 @pytest.mark.parametrize("layer", list(GRADCAM_LAYERS))
-def test_gradcam_overlay_shape_dtype_and_range_at_every_layer(trained_net, test_batch, layer):
+def test_gradcam_maps_and_heatmap_only_overlays_at_every_layer(trained_net, test_batch, layer):
     images = test_batch[0][:3]
-    overlays = gradcam_overlays(trained_net, images, layer, target_classes=[0, 1, 2], opacity=0.5)
-    assert overlays.shape == (3, 32, 32, 3) and overlays.dtype == np.uint8
-    assert overlays.min() >= 0 and overlays.max() <= 255 and overlays.std() > 0
+    masks = gradcam_masks(trained_net, images, layer, target_classes=[0, 1, 2])
+    assert masks.shape == (3, 32, 32) and masks.dtype == np.float32
+    # Each map is scaled to [0, 1] on its own, or is all zero where nothing speaks for the class.
+    assert all(m.min() == 0 and m.max() in (0, pytest.approx(1, abs=1e-4)) for m in masks) and masks.max() > 0
+    assert not np.array_equal(masks, gradcam_masks(trained_net, images, layer, target_classes=[3, 4, 5]))
+    # Opacity 1 is the heatmap only: the JET colours of the map, as show_cam_on_image scales them.
+    heat = gradcam_overlays(trained_net, images, layer, target_classes=[0, 1, 2], opacity=1.0)
+    jet = np.stack([cv2.applyColorMap(np.uint8(255 * m), cv2.COLORMAP_JET)[..., ::-1] for m in masks]) / 255.0
+    expected = np.stack([np.uint8(255 * j / j.max()) for j in jet])
+    assert heat.shape == (3, 32, 32, 3) and np.abs(heat.astype(int) - expected).max() <= 1
 
 
 def test_gradcam_opacity_zero_is_the_photo_and_hooks_are_released(trained_net, test_batch):

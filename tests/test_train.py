@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from era_utils.data import load_split
 from era_utils.export import load_model
+from era_utils.misclassified import parse_file_name
 from era_utils.train import (
     ConfigError,
     TrainConfig,
@@ -19,10 +21,16 @@ from era_utils.train import (
     parse_args,
     save_samples,
 )
+from era_utils.transforms import test_transforms
+
+# Training tests run on one CPU process: "auto" would switch precision on a GPU runner and start DDP inside
+# pytest on a multi-GPU one.
+CPU = dict(accelerator="cpu", devices="1")
+CPU_FLAGS = ["--accelerator", "cpu", "--devices", "1"]
 
 
 def _cfg(image_folder, out, **overrides) -> TrainConfig:
-    base = dict(data_dir=str(image_folder), out=str(out), batch_size=8, num_workers=0, max_lr=0.01)
+    base = dict(data_dir=str(image_folder), out=str(out), batch_size=8, num_workers=0, max_lr=0.01, **CPU)
     return TrainConfig(**(base | overrides))
 
 
@@ -41,22 +49,35 @@ def test_fast_dev_run_cli_writes_weights_json_and_plots(image_folder, tmp_path, 
             "0",
             "--n-misclassified",
             "3",
+            *CPU_FLAGS,
         ]
     )
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert 0.0 <= summary["accuracy"] <= 1.0 and summary["n"] == 8
     net, config = load_model(out / "model.safetensors")
-    assert config["metrics"]["accuracy"] == summary["accuracy"]
     assert config["training"]["fast_dev_run"] is True
     for name in ("augmented_samples", "lr_finder", "confusion_matrix", "per_class_accuracy", "misclassified"):
         assert (out / "images" / f"{name}.png").stat().st_size > 0
-    assert len(list((out / "misclassified_images").glob("*.png"))) <= 3
-    assert (out / "misclassified.npz").is_file() and len(list((out / "examples").glob("*.png"))) == 10
-    # The reports' one batch is spread over the class-sorted test split (3 per class), not its first 8 images.
+    assert len(list((out / "examples").glob("*.png"))) == 10
+
+    # The reports' one batch is spread over the class-sorted test split (3 per class), not its first 8 images;
+    # their figures are those of the exported weights on those images, computed here again.
+    picks = [0, 4, 8, 12, 17, 21, 25, 29]
+    split = load_split("test", image_folder)
+    images = torch.stack([test_transforms()(image=split.images[i])["image"] for i in picks])
+    with torch.no_grad():
+        probs = net(images).softmax(1).numpy()
+    labels, preds = split.labels[picks], probs.argmax(1)
+    assert summary["n"] == 8 and summary["accuracy"] == config["metrics"]["accuracy"]
+    assert summary["accuracy"] == round(float((preds == labels).mean()), 4)
+    wrong = np.flatnonzero(preds != labels)
+    assert len(wrong) >= 2  # one step on noise: mistakes to export (measured: 7 of 8)
+    wrong = wrong[np.argsort(-probs[wrong].max(1), kind="stable")]  # most confident first
+    files = sorted(p.name for p in (out / "misclassified_images").glob("*.png"))
+    assert [parse_file_name(f)[:2] for f in files] == [(labels[i], preds[i]) for i in wrong[:3]]
     store = np.load(out / "misclassified.npz")
-    assert set(store["test_indices"]) <= {0, 4, 8, 12, 17, 21, 25, 29}
-    assert np.array_equal(store["labels"], store["test_indices"] // 3)
+    assert list(store["test_indices"]) == [picks[i] for i in wrong]
+    assert list(store["labels"]) == list(labels[wrong]) and list(store["preds"]) == list(preds[wrong])
 
 
 def test_cli_flags_reach_the_config():
@@ -182,38 +203,6 @@ def test_two_process_ddp_fast_dev_run(image_folder, tmp_path, repo):
     assert (out / "model.safetensors").is_file()
 
 
-class Interrupt(L.Callback):
-    """Fails in the middle of epoch `epoch`, as a killed job would."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == self.epoch and batch_idx == 1:
-            raise RuntimeError("simulated interruption")
-
-
-class RecordStart(L.Callback):
-    def on_train_start(self, trainer, pl_module):
-        self.epoch, self.step = trainer.current_epoch, trainer.global_step
-
-
-def test_interrupted_run_resumes_from_its_checkpoint(image_folder, tmp_path):
-    cfg = _cfg(image_folder, tmp_path / "resume", epochs=3, ema_decay=0.9)
-    dm = build_datamodule(cfg)
-    torch.manual_seed(0)
-    with pytest.raises(RuntimeError, match="simulated"):
-        fit(cfg, build_net(cfg), dm, cfg.max_lr, extra_callbacks=[Interrupt(epoch=1)])
-    assert (cfg.checkpoint_dir / "last.ckpt").is_file()
-
-    start = RecordStart()
-    cfg.resume = True
-    trainer, _ = fit(cfg, build_net(cfg), dm, cfg.max_lr, extra_callbacks=[start])
-    steps_per_epoch = 5  # 40 training images in batches of 8
-    assert (start.epoch, start.step) == (1, steps_per_epoch)  # from the end of epoch 0, not from scratch
-    assert trainer.current_epoch == 3 and trainer.global_step == 3 * steps_per_epoch
-
-
 def test_resume_without_a_checkpoint_is_a_clear_error(image_folder, tmp_path, capsys):
     code = main(
         [
@@ -230,6 +219,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(image_folder, tmp_path, ca
             "8",
             "--num-workers",
             "0",
+            *CPU_FLAGS,
         ]
     )
     assert code == 2

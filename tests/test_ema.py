@@ -1,0 +1,59 @@
+"""The EMA is a real average: of the weights and the batch-norm statistics, with the README's warm-up at every
+step, and it is what validation, the end of training and the export use. Reads the shared short fit."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from era_utils.export import export_model
+from era_utils.train import ema_with_warmup
+
+
+def _net_part(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+
+
+def _gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys) -> float:
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in keys)
+
+
+def test_the_average_follows_the_warm_up_rule_at_every_step(squares_fit):
+    rec = squares_fit.recorder
+    assert rec.updates == squares_fit.trainer.global_step == 24
+    # Before each step after the first, the callback's average equals the one computed here from
+    # min(0.995, (1 + n) / (10 + n)), for every parameter and every batch-norm buffer.
+    assert len(rec.step_gaps) == rec.updates - 1
+    assert max(rec.step_gaps) < 1e-6
+
+
+def test_batch_norm_statistics_are_averaged_not_copied(squares_fit):
+    rec, lit = squares_fit.recorder, squares_fit.lit
+    stats = [k for k in rec.ema if k.endswith(("running_mean", "running_var"))]
+    assert len(stats) == 2 * 8  # eight batch norms
+    final = {k: v for k, v in [*lit.named_parameters(), *lit.named_buffers()] if k in rec.ema}
+    assert _gap(final, rec.ema, rec.ema) < 1e-6  # the module holds the average after training, buffers included
+    # ... which is far from the raw final statistics (a copy of them would pass the check above only if equal).
+    assert _gap(rec.raw_final, rec.ema, stats) > 1e-2
+    assert _gap(rec.raw_final, rec.ema, [k for k in rec.ema if k not in stats]) > 1e-3
+
+
+def test_validation_uses_the_average(squares_fit):
+    rec = squares_fit.recorder
+    assert len(rec.val_gaps) == squares_fit.cfg.epochs  # one validation per epoch, not counting the sanity check
+    assert max(rec.val_gaps) < 1e-6
+
+
+def test_the_exported_weights_are_the_average(squares_fit, tmp_path):
+    weights = export_model(squares_fit.lit.net, tmp_path)
+    exported = {k: v for k, v in load_file(str(weights)).items() if v.is_floating_point()}
+    average = _net_part(squares_fit.recorder.ema)
+    assert exported.keys() == average.keys()
+    assert _gap(exported, average, average) < 1e-6
+
+
+@pytest.mark.parametrize("n", [1, 2, 10, 100, 1789, 1790, 100_000])
+def test_one_update_uses_decay_min_of_the_cap_and_the_warm_up(n):
+    update = ema_with_warmup(0.995)
+    ema, current = torch.zeros(3), torch.ones(3)
+    decay = min(0.995, (1 + n) / (10 + n))  # the warm-up reaches the cap at n = 1790
+    assert update(ema, current, torch.tensor(n)) == pytest.approx(torch.full((3,), 1 - decay), rel=1e-6)
