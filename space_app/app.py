@@ -1,4 +1,5 @@
-"""The Gradio Space: top-k predictions, Grad-CAM and the model's most confident mistakes.
+"""The Gradio Space: top-k predictions, heatmaps (six CAM methods, any class, each with a faithfulness
+score), the model's most confident mistakes explained from both sides, and its test metrics.
 
 python app.py   # http://127.0.0.1:7860; GRADIO_SERVER_PORT / GRADIO_SERVER_NAME work as usual
 
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 import gradio as gr
 import numpy as np
+from explain import DEFAULT_METHOD, HIDDEN_SHARE, METHODS
 from inference import (
     APP_DIR,
     EXAMPLES_DIR,
@@ -34,6 +36,7 @@ from inference import (
     open_image,
     overlay,
     parse_bool,
+    parse_choice,
     parse_float,
     parse_int,
     parse_layer,
@@ -42,13 +45,18 @@ from inference import (
 log = logging.getLogger("space_app")
 T = TypeVar("T")
 
-GAP = 8  # white pixels between a mistake and its Grad-CAM overlay
+GAP = 8  # white pixels between a mistake and its heatmaps
+TOP = "top"  # the "class to explain" value meaning: the top predicted classes
 # Tiny uploads (a 32x32 example) fill the upload box, with visible pixels instead of a blur.
 CSS = """
 #upload img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 #model-input img { image-rendering: pixelated; }
-/* Gradio cuts gallery captions at 80% of the item's width; "automobile → truck (95%)" lost its confidence. */
-#misclassified-gallery .caption-label, #gradcam-gallery .caption-label { max-width: 96%; white-space: normal; }
+/* Gallery captions go under the image, whole (Gradio lays them over its bottom, cut at 80% of the width). */
+.captioned .thumbnail-item { aspect-ratio: auto; height: auto; display: flex; flex-direction: column; }
+.captioned .thumbnail-item > img { height: auto; }
+.captioned .caption-label { position: static; max-width: 100%; white-space: normal; border: none; }
+.captioned .grid-wrap.fixed-height { min-height: 0; max-height: none; overflow-y: visible; }
+#confusion td, #confusion th { text-align: right; }
 """
 
 
@@ -65,6 +73,92 @@ def _image_path(value: Any) -> str:
     if isinstance(value, (str, os.PathLike)):
         return os.fspath(value)
     raise InputError(f"The image must be an uploaded file, got {type(value).__name__}.")
+
+
+def _side_by_side(panels: list[np.ndarray]) -> np.ndarray:
+    """Equal-height uint8 images in a row, GAP white pixels apart."""
+    gap = np.full((panels[0].shape[0], GAP, 3), 255, np.uint8)
+    row = [panels[0]]
+    for panel in panels[1:]:
+        row += [gap, panel]
+    return np.concatenate(row, axis=1)
+
+
+def _share(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
+def per_class_rows(metrics: dict[str, Any], classes: list[str]) -> list[list[str]]:
+    """[class, test accuracy, with flip TTA] for each class model.json's metrics cover; [] if none."""
+    plain, tta = metrics.get("per_class"), metrics.get("per_class_tta")
+    if not isinstance(plain, dict):
+        return []
+    tta = tta if isinstance(tta, dict) else {}
+    return [[c, _share(plain.get(c)), _share(tta.get(c))] for c in classes if c in plain]
+
+
+def confusion_rows(metrics: dict[str, Any], classes: list[str]) -> list[list[Any]]:
+    """The confusion matrix (rows: true class, columns: predicted) with the class in front; [] if absent."""
+    matrix = metrics.get("confusion")
+    n = len(classes)
+    if not (isinstance(matrix, list) and len(matrix) == n and all(isinstance(r, list) and len(r) == n for r in matrix)):
+        return []
+    return [[c, *(int(v) for v in row)] for c, row in zip(classes, matrix, strict=True)]
+
+
+def _worst_confusions(confusion: list[list[Any]], classes: list[str], k: int = 3) -> str:
+    """E.g. "cat taken for dog (108×), dog taken for cat (86×)": the k largest off-diagonal counts."""
+    pairs = [(row[j + 1], row[0], pred) for row in confusion for j, pred in enumerate(classes) if pred != row[0]]
+    return ", ".join(f"{true} taken for {pred} ({count}×)" for count, true, pred in sorted(pairs, reverse=True)[:k])
+
+
+def about_text(metrics: dict[str, Any], classes: list[str]) -> str:
+    """The accuracy in words, the most frequent confusions, and a note on what model.json lacks."""
+    lines = []
+    if "accuracy" in metrics:
+        n = f" of the {metrics['n']:,} CIFAR-10 test images" if metrics.get("n") else " of the test images"
+        tta = (
+            f" ({_share(metrics['accuracy_tta'])} with flip test-time augmentation)"
+            if "accuracy_tta" in metrics
+            else ""
+        )
+        lines.append(f"Test accuracy: **{_share(metrics['accuracy'])}**{n} classified right{tta}.")
+    confusion = confusion_rows(metrics, classes)
+    if confusion:
+        lines.append(f"The most frequent mistakes: {_worst_confusions(confusion, classes)}.")
+    missing = [
+        name
+        for name, rows in (("per-class accuracy", per_class_rows(metrics, classes)), ("confusion matrix", confusion))
+        if not rows
+    ]
+    if missing:
+        lines.append(f"This model's `model.json` has no {' and no '.join(missing)} yet.")
+    return "\n\n".join(lines)
+
+
+FAITHFULNESS_LEGEND = (
+    f"**Can you trust a heatmap?** Under each one: the class's probability, then what it becomes when the "
+    f"{HIDDEN_SHARE:.0%} of pixels the heatmap highlights most are hidden, and when the {HIDDEN_SHARE:.0%} it "
+    "highlights least are hidden (hidden pixels are filled in from their neighbours: ROAD). A heatmap that is "
+    "right about the model shows a much larger drop for the first than for the second; similar numbers mean "
+    "the map does not show what the model relies on."
+)
+
+
+def _visible(on: bool, n: int) -> tuple[dict[str, Any], ...]:
+    return (gr.update(visible=on),) * n
+
+
+def percent(p: float) -> str:
+    """A probability for a visitor: "92%", "3.4%", "<0.1%" (small ones keep a digit, so changes show)."""
+    if p >= 0.1:
+        return f"{p:.0%}"
+    return f"{p:.1%}" if p >= 0.001 else "<0.1%"
+
+
+def method_line(method: str) -> str:
+    """The method's one-line description, for the UI."""
+    return f"**{method}**: {METHODS[method].about}" if method in METHODS else ""
 
 
 class SpaceApp:
@@ -84,7 +178,7 @@ class SpaceApp:
         self.examples = [examples / f"{c}.png" for c in self.clf.classes if (examples / f"{c}.png").is_file()]
         self.max_cams = self.clf.max_k
         self._inputs: OrderedDict[tuple, tuple[np.ndarray, list[str]]] = OrderedDict()
-        self._store_masks: dict[str, np.ndarray] = {}
+        self._store_masks: dict[tuple[str, str], np.ndarray] = {}
         self._cache_lock = threading.Lock()
 
     # ------------------------------------------------------------------ shared steps
@@ -110,12 +204,14 @@ class SpaceApp:
                 self._inputs.popitem(last=False)
         return entry
 
-    def _cam_options(self, show_cam: Any, count: Any, count_max: int, layer: Any, opacity: Any) -> tuple:
-        show = parse_bool(show_cam, "Show Grad-CAM")
+    def _cam_options(
+        self, show_cam: Any, count: Any, count_max: int, layer: Any, opacity: Any, method: Any
+    ) -> tuple[bool, int, str, float, str]:
+        show = parse_bool(show_cam, "Show heatmaps")
         n = parse_int(count, "The number of images", 1, count_max) if count_max else 0
         name = parse_layer(layer, list(self.clf.layers))
         alpha = parse_float(opacity, "Heatmap opacity", 0.0, 1.0)
-        return show, n, name, alpha
+        return show, n, name, alpha, parse_choice(method, "explanation method", list(METHODS))
 
     # ------------------------------------------------------------------ handlers (also the API)
 
@@ -138,54 +234,80 @@ class SpaceApp:
         return {self.clf.classes[i]: float(probs[i]) for i in top}, notes
 
     def explain(
-        self, image: Any, show_cam: Any, count: Any, layer: Any, opacity: Any
+        self,
+        image: Any,
+        show_cam: Any,
+        count: Any,
+        layer: Any,
+        opacity: Any,
+        method: Any = DEFAULT_METHOD,
+        class_name: Any = TOP,
     ) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
-        """The enlarged 32x32 model input, and Grad-CAM overlays for the top-`count` predicted classes."""
-        show, n, name, alpha = self._cam_options(show_cam, count, self.max_cams, layer, opacity)
+        """The enlarged 32x32 model input, and heatmaps captioned with their faithfulness: for the
+        top-`count` predicted classes, or (`class_name`) for that class beside the top prediction."""
+        show, n, name, alpha, method = self._cam_options(show_cam, count, self.max_cams, layer, opacity, method)
+        target = parse_choice(class_name, "class to explain", [TOP, *self.clf.classes])
         x, _ = self._model_input(image)  # predict already showed the notes
         if not show:
             return enlarge(x), []
         probs = self.clf.probabilities(x[None])[0]
-        top = np.argsort(-probs, kind="stable")[:n]
-        masks = self.clf.cam_masks(np.repeat(x[None], n, axis=0), top, name)
+        order = list(np.argsort(-probs, kind="stable"))
+        chosen = order[:n] if target == TOP else list(dict.fromkeys([self.clf.classes.index(target), order[0]]))
+        batch = np.repeat(x[None], len(chosen), axis=0)
+        masks = self.clf.cam_masks(batch, chosen, name, method=method)
+        most, least = self.clf.faithfulness(batch, masks, chosen)
         cams = [
-            (overlay(x, mask, alpha), f"#{rank} {self.clf.classes[c]} ({probs[c]:.0%})")
-            for rank, (c, mask) in enumerate(zip(top, masks, strict=True), start=1)
+            (overlay(x, masks[i], alpha), self._cam_caption(order.index(c) + 1, c, probs[c], most[i], least[i]))
+            for i, c in enumerate(chosen)
         ]
         return enlarge(x), cams
 
+    def _cam_caption(self, rank: int, c: int, prob: float, most: float, least: float) -> str:
+        """E.g. "#1 horse 92% · hiding the 20% most highlighted pixels: 31%; the 20% least: 90%"."""
+        share = f"{HIDDEN_SHARE:.0%}"
+        return (
+            f"#{rank} {self.clf.classes[c]} {percent(prob)} · hiding the {share} most highlighted pixels: "
+            f"{percent(most)}; the {share} least: {percent(least)}"
+        )
+
     def misclassified(
-        self, show: Any, count: Any, show_cam: Any, layer: Any, opacity: Any
+        self, show: Any, count: Any, show_cam: Any, layer: Any, opacity: Any, method: Any = DEFAULT_METHOD
     ) -> list[tuple[np.ndarray, str]]:
         """The `count` most confident test-set mistakes, captioned "true → predicted (confidence)";
-        with Grad-CAM on, each is followed by the heatmap of the (wrongly) predicted class."""
+        with heatmaps on, each is followed by the heatmap of the (wrongly) predicted class, then the true one's."""
         visible = parse_bool(show, "Show misclassified images")
-        cam, n, name, alpha = self._cam_options(show_cam, count, len(self.store), layer, opacity)
+        cam, n, name, alpha, method = self._cam_options(show_cam, count, len(self.store), layer, opacity, method)
         if not visible or n == 0:
             return []
-        masks = self._masks_for_store(name, n) if cam else None
+        masks = self._masks_for_store(name, method, n) if cam else None
         items = []
         for i in range(n):
             photo = self.store.images[i]
-            shown = enlarge(photo)
-            if masks is not None:
-                gap = np.full((shown.shape[0], GAP, 3), 255, np.uint8)
-                shown = np.concatenate([shown, gap, overlay(photo, masks[i], alpha)], axis=1)
             label, pred = self.clf.classes[self.store.labels[i]], self.clf.classes[self.store.preds[i]]
-            items.append((shown, f"{label} → {pred} ({self.store.confidences[i]:.0%})"))
+            caption = f"{label} → {pred} ({self.store.confidences[i]:.0%})"
+            panels = [enlarge(photo)]
+            if masks is not None:
+                panels += [overlay(photo, masks[i, side], alpha) for side in (0, 1)]
+                caption += f" · heatmaps: {pred} (predicted), {label} (true)"
+            items.append((_side_by_side(panels), caption))
         return items
 
-    def _masks_for_store(self, layer: str, n: int) -> np.ndarray:
-        """Grad-CAM of the first `n` stored mistakes for their predicted class; cached per layer, grown on demand."""
+    def _masks_for_store(self, layer: str, method: str, n: int) -> np.ndarray:
+        """Heatmaps (n, 2, S, S) of the first `n` stored mistakes for their predicted, then true, class;
+        cached per layer and method, grown on demand."""
+        key = (layer, method)
         with self._cache_lock:
-            cached = self._store_masks.get(layer)
+            cached = self._store_masks.get(key)
         have = 0 if cached is None else len(cached)
         if have < n:
-            more = self.clf.cam_masks(self.store.images[have:n], self.store.preds[have:n], layer)
+            images = self.store.images[have:n]
+            targets = np.concatenate([self.store.preds[have:n], self.store.labels[have:n]])
+            both = self.clf.cam_masks(np.concatenate([images, images]), targets, layer, method=method)
+            more = np.stack([both[: n - have], both[n - have :]], axis=1)
             cached = more if cached is None else np.concatenate([cached, more])
             with self._cache_lock:  # a concurrent request may have stored a longer prefix meanwhile
-                if len(cached) > len(self._store_masks.get(layer, ())):
-                    self._store_masks[layer] = cached
+                if len(cached) > len(self._store_masks.get(key, ())):
+                    self._store_masks[key] = cached
         return cached[:n]
 
     # ------------------------------------------------------------------ UI wrappers
@@ -238,6 +360,52 @@ class SpaceApp:
             f"pixels, which is all the model sees."
         )
 
+    def _explain_controls(self) -> tuple[gr.Dropdown, gr.Markdown, gr.Dropdown, gr.Slider]:
+        """The method (with its one-line description), the class to explain and the number of top classes."""
+        method = gr.Dropdown(choices=list(METHODS), value=DEFAULT_METHOD, label="Method", elem_id="cam-method")
+        about = gr.Markdown(method_line(DEFAULT_METHOD), elem_id="cam-method-about", padding=True)
+        target = gr.Dropdown(
+            choices=[("the top predicted classes", TOP), *((c, c) for c in self.clf.classes)],
+            value=TOP,
+            label="Explain",
+            info="The top classes, or any class you pick (why not a dog?), beside the top prediction.",
+            elem_id="cam-class",
+        )
+        count = gr.Slider(
+            1,
+            self.max_cams,
+            value=min(3, self.max_cams),
+            step=1,
+            label="How many heatmaps: one per top predicted class",
+            elem_id="cam-count",
+        )
+        return method, about, target, count
+
+    def _about_model(self) -> None:
+        """A collapsed section: test accuracy, per-class accuracy and the confusion matrix from model.json."""
+        metrics = self.clf.config.get("metrics") or {}
+        classes = self.clf.classes
+        with gr.Accordion("About the model: test accuracy per class, confusion matrix", open=False, elem_id="about"):
+            gr.Markdown(about_text(metrics, classes), elem_id="about-text")
+            per_class = per_class_rows(metrics, classes)
+            if per_class:
+                gr.Dataframe(
+                    per_class,
+                    headers=["class", "test accuracy", "with flip TTA"],
+                    interactive=False,
+                    label="Accuracy per class",
+                    elem_id="per-class",
+                )
+            confusion = confusion_rows(metrics, classes)
+            if confusion:
+                gr.Dataframe(
+                    confusion,
+                    headers=["true ↓ predicted →", *classes],
+                    interactive=False,
+                    label="Confusion matrix: test images of each true class (row) by predicted class (column)",
+                    elem_id="confusion",
+                )
+
     def build(self) -> gr.Blocks:
         """The Blocks app. Theme and CSS go to launch() in Gradio 6; see `launch_options`."""
         layers = self.clf.layers
@@ -246,7 +414,7 @@ class SpaceApp:
         default_layer = [name for name, side in layers.items() if side >= 8][-1:] or list(layers)[-1:]
         n_store = len(self.store)
 
-        with gr.Blocks(title="CIFAR-10 ResNet-9: predictions and Grad-CAM", delete_cache=(3600, 3600)) as demo:
+        with gr.Blocks(title="CIFAR-10 ResNet-9: predictions and heatmaps", delete_cache=(3600, 3600)) as demo:
             gr.Markdown(self.header())
             with gr.Row():
                 with gr.Column(scale=1):
@@ -286,17 +454,10 @@ class SpaceApp:
             with gr.Row():
                 with gr.Column(scale=1):
                     show_cam = gr.Checkbox(
-                        label="Show Grad-CAM: where the model looked", value=False, elem_id="show-cam"
+                        label="Show heatmaps: where the model looked", value=False, elem_id="show-cam"
                     )
                     with gr.Group(visible=False) as cam_controls:
-                        n_cams = gr.Slider(
-                            1,
-                            self.max_cams,
-                            value=min(3, self.max_cams),
-                            step=1,
-                            label="How many Grad-CAM images: one per top predicted class",
-                            elem_id="cam-count",
-                        )
+                        method, method_about, target, n_cams = self._explain_controls()
                         layer = gr.Dropdown(
                             choices=layer_choices,
                             value=default_layer[0],
@@ -329,36 +490,42 @@ class SpaceApp:
                         elem_id="mistake-count",
                     )
             cam_gallery = gr.Gallery(
-                label="Grad-CAM for the top predicted classes",
+                label="Heatmaps, each with its faithfulness check",
                 visible=False,
                 columns=5,
                 rows=1,  # more rows are added as needed; the default reserves an empty second one
                 format="png",
                 object_fit="contain",
                 elem_id="gradcam-gallery",
+                elem_classes="captioned",
             )
+            legend = gr.Markdown(FAITHFULNESS_LEGEND, visible=False, elem_id="faithfulness-legend")
             mis_gallery = gr.Gallery(
-                label="Misclassified test images: true → predicted (confidence); with Grad-CAM, "
-                "the heatmap of the predicted class on the right",
+                label="Misclassified test images: true → predicted (confidence)",
                 visible=False,
-                columns=5,
+                columns=4,
                 rows=1,  # more rows are added as needed; the default reserves an empty second one
                 format="png",
-                object_fit="contain",  # with Grad-CAM each item is twice as wide as high
+                object_fit="contain",  # with heatmaps each item is three times as wide as high
                 elem_id="misclassified-gallery",
+                elem_classes="captioned",
             )
+            self._about_model()
 
             # Controls that only matter when a box is ticked appear when it is ticked.
-            for box, dependents in ((show_cam, [cam_controls, cam_gallery]), (show_mis, [n_mis, mis_gallery])):
+            for box, dependents in ((show_cam, [cam_controls, cam_gallery, legend]), (show_mis, [n_mis, mis_gallery])):
                 box.change(
-                    lambda on: (gr.update(visible=on), gr.update(visible=on)),
+                    functools.partial(_visible, n=len(dependents)),
                     box,
                     dependents,
                     queue=False,
                     api_visibility="private",
                 )
+            method.change(lambda m: method_line(m), method, method_about, queue=False, api_visibility="private")
+            # With a class picked, the count of top classes does not apply.
+            target.change(lambda t: gr.update(visible=t == TOP), target, n_cams, queue=False, api_visibility="private")
 
-            cam_inputs = [image, show_cam, n_cams, layer, opacity]
+            cam_inputs = [image, show_cam, n_cams, layer, opacity, method, target]
             explain_event = dict(
                 fn=self._skip_without_image(self.explain, (None, [])),
                 inputs=cam_inputs,
@@ -374,7 +541,7 @@ class SpaceApp:
                 self._for_visitor(self.explain), cam_inputs, [seen, cam_gallery], api_name="explain", preprocess=False
             )
             # Uploading or clicking an example re-runs without a click; so does moving k, without
-            # repeating the notes about the image (and without Grad-CAM, which does not depend on k).
+            # repeating the notes about the image (and without heatmaps, which do not depend on k).
             rank_event = dict(
                 inputs=[image, top_k],
                 outputs=label,
@@ -384,11 +551,14 @@ class SpaceApp:
             )
             image.change(self._skip_without_image(self.predict, None), **rank_event).success(**explain_event)
             top_k.change(self._skip_without_image(self.rerank, None), **rank_event)
-            gr.on([show_cam.change, n_cams.change, layer.change, opacity.change], **explain_event)
             gr.on(
-                [show_mis.change, n_mis.change, show_cam.change, layer.change, opacity.change],
+                [show_cam.change, n_cams.change, layer.change, opacity.change, method.change, target.change],
+                **explain_event,
+            )
+            gr.on(
+                [show_mis.change, n_mis.change, show_cam.change, layer.change, opacity.change, method.change],
                 self._for_visitor(self.misclassified),
-                [show_mis, n_mis, show_cam, layer, opacity],
+                [show_mis, n_mis, show_cam, layer, opacity, method],
                 mis_gallery,
                 api_name="misclassified",
                 preprocess=False,

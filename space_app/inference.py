@@ -1,5 +1,6 @@
 """Everything the Space does besides the UI: load and verify the model, read uploads safely,
-preprocess them exactly as in training, predict, and draw Grad-CAM overlays.
+preprocess them exactly as in training, predict, and compute and draw heatmaps (the methods and
+the faithfulness check are in `explain.py`).
 
 No Gradio here, so tests can call it without a server; `app.py` turns `InputError` into
 `gr.Error` and the notes of `LoadedImage` into `gr.Warning`.
@@ -20,11 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from explain import DEFAULT_METHOD, METHODS, faithfulness
+from explain import cam_masks as compute_cam_masks
 from model import ARCHITECTURE, GRADCAM_LAYERS, CustomResNet, gradcam_layer
 from PIL import Image, ImageOps
-from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from safetensors.torch import load_file
 
 APP_DIR = Path(__file__).resolve().parent
@@ -279,15 +280,26 @@ class Classifier:
         with self._lock, torch.inference_mode():
             return self.net(x).float().softmax(1).numpy()
 
-    def cam_masks(self, images: np.ndarray, targets: Sequence[int], layer: str) -> np.ndarray:
-        """Grad-CAM masks (N, S, S) in [0, 1] for each image and its target class, at `layer`."""
+    def cam_masks(
+        self, images: np.ndarray, targets: Sequence[int], layer: str, *, method: str = DEFAULT_METHOD
+    ) -> np.ndarray:
+        """Heatmaps (N, S, S) in [0, 1] of `method` (Grad-CAM by default) for each image and its target class."""
         if layer not in self.layers:
             raise InputError(f"Unknown layer {layer!r}; choose one of: {', '.join(self.layers)}.")
-        # The weights are frozen, so the graph Grad-CAM back-propagates through starts at the input.
+        if method not in METHODS:
+            raise InputError(f"Unknown explanation method {method!r}; choose one of: {', '.join(METHODS)}.")
+        # The weights are frozen, so the graph the CAM back-propagates through starts at the input.
         x = self.to_tensor(images).requires_grad_(True)
-        cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
-        with self._lock, GradCAM(model=self.net, target_layers=[gradcam_layer(self.net, layer)]) as cam:
-            return cam(input_tensor=x, targets=cam_targets)
+        with self._lock:
+            return compute_cam_masks(self.net, gradcam_layer(self.net, layer), x, targets, method)
+
+    def faithfulness(
+        self, images: np.ndarray, masks: np.ndarray, targets: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each target's probability with the 20% most, then least, highlighted pixels hidden (explain.faithfulness)."""
+        x = self.to_tensor(images)
+        with self._lock:
+            return faithfulness(self.net, x, masks, targets)
 
 
 def enlarge(image: np.ndarray, scale: int = DISPLAY_SCALE) -> np.ndarray:
@@ -373,6 +385,13 @@ def parse_bool(value: Any, what: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise InputError(f"{what} must be true or false, got {value!r}.")
     return bool(value)
+
+
+def parse_choice(value: Any, what: str, choices: Sequence[str]) -> str:
+    """One of `choices`, e.g. a method or class name, spelled exactly."""
+    if not isinstance(value, str) or value not in choices:
+        raise InputError(f"Unknown {what} {value!r}; choose one of: {', '.join(choices)}.")
+    return value
 
 
 def parse_layer(value: Any, layers: Sequence[str]) -> str:

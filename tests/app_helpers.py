@@ -40,7 +40,7 @@ sys.path.insert(0, app.rsplit("/", 1)[0])
 sys.argv = [app]
 runpy.run_path(app, run_name="__main__")
 """
-APP_FILES = ("app.py", "inference.py", "model.py", "model.json", "model.safetensors", "misclassified.npz")
+APP_FILES = ("app.py", "inference.py", "explain.py", "model.py", "model.json", "model.safetensors", "misclassified.npz")
 
 
 def free_port() -> int:

@@ -1,5 +1,6 @@
-"""The Gradio Space (space_app/): predictions, Grad-CAM, the misclassified gallery, bad input,
-the standalone copy served over HTTP, and a real browser driving the page.
+"""The Gradio Space (space_app/): predictions, heatmaps (every method, any class, their faithfulness),
+the two-sided misclassified gallery, the model's metrics, bad input, the standalone copy served over
+HTTP, and a real browser driving the page.
 
 Works with whichever weights are in space_app/ (a smoke run's or the real ones): only the
 `trained` test looks at accuracy. Nothing here writes into the repository.
@@ -15,8 +16,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
+import httpx
 import numpy as np
 import pytest
 from app_helpers import APP_DIR, CHROMIUM, CHROMIUM_ARGS, REPO, copy_app, running_app, write_png
@@ -25,9 +28,23 @@ from PIL import Image
 sys.path.insert(0, str(APP_DIR))
 import app as space  # noqa: E402  (space_app/ is a folder of scripts, not a package)
 import inference  # noqa: E402
+import pytorch_grad_cam as pgc  # noqa: E402
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 LAYERS = inference.GRADCAM_LAYERS  # what the network offers; model.json must list exactly these
-CAPTION = re.compile(r"^(\w+) → (\w+) \((\d+)%\)$")
+CAPTION = re.compile(r"^(\w+) → (\w+) \((\d+)%\)( · heatmaps: (\w+) \(predicted\), (\w+) \(true\))?$")
+# "#1 horse 92% · hiding the 20% most highlighted pixels: 31%; the 20% least: 90%"
+PCT = r"(\d+(?:\.\d)?%|<0\.1%)"
+CAM_CAPTION = re.compile(rf"^#(\d+) (\w+) {PCT} · hiding the 20% most highlighted pixels: {PCT}; the 20% least: {PCT}$")
+# The grad-cam library's classes, named here independently of explain.METHODS.
+LIBRARY_CLASSES = {
+    "Grad-CAM": pgc.GradCAM,
+    "Grad-CAM++": pgc.GradCAMPlusPlus,
+    "XGradCAM": pgc.XGradCAM,
+    "HiResCAM": pgc.HiResCAM,
+    "LayerCAM": pgc.LayerCAM,
+    "EigenCAM": pgc.EigenCAM,
+}
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -187,17 +204,30 @@ def test_top_k_accepts_whole_floats(sp: space.SpaceApp, examples) -> None:
     assert len(ui(sp.predict)(str(examples["cat"]), 4.0)) == 4
 
 
-def test_predict_is_thread_safe_alongside_gradcam(sp: space.SpaceApp, examples) -> None:
-    paths = [str(p) for p in examples.values()]
-    expected = {p: sp.predict(p, 10) for p in paths}
+def _same_explanation(got: tuple, want: tuple) -> bool:
+    (seen, cams), (seen_want, cams_want) = got, want
+    return (
+        np.array_equal(seen, seen_want)
+        and [c for _, c in cams] == [c for _, c in cams_want]
+        and all(np.array_equal(a, b) for (a, _), (b, _) in zip(cams, cams_want, strict=True))
+    )
+
+
+def test_predict_and_heatmaps_are_thread_safe(sp: space.SpaceApp, examples) -> None:
+    """Concurrent requests get exactly what the same requests get one at a time: the probabilities,
+    the heatmaps and their faithfulness numbers (the CAM hooks sit on the one shared network)."""
+    paths = [str(examples[c]) for c in ("cat", "ship", "truck")]
+    methods = ["Grad-CAM", "LayerCAM"]
+    predicted = {p: sp.predict(p, 10) for p in paths}
+    explained = {(p, m): sp.explain(p, True, 2, "layer2", 0.5, m) for p in paths for m in methods}
 
     def work(i: int) -> bool:
         path = paths[i % len(paths)]
         if i % 3 == 0:
-            sp.explain(path, True, 2, "layer2", 0.5)
-            return True
+            method = methods[(i // 3) % len(methods)]
+            return _same_explanation(sp.explain(path, True, 2, "layer2", 0.5, method), explained[path, method])
         out = sp.predict(path, 10)
-        return all(abs(out[c] - expected[path][c]) < 1e-5 for c in out)
+        return all(abs(out[c] - predicted[path][c]) < 1e-5 for c in out)
 
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(work, range(24)))
@@ -213,9 +243,19 @@ def warnings_shown(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return shown
 
 
-@pytest.mark.parametrize("value", [None, "", {}, {"path": None}, {"url": "data:image/png;base64,AAAA"}, 42])
-def test_no_image(sp: space.SpaceApp, value) -> None:
-    with pytest.raises(gr.Error, match="(?i)image"):
+NO_IMAGE = [
+    (None, "No image: upload one"),
+    ("", "No image: upload one"),
+    ({}, "payload has no file path"),
+    ({"path": None}, "payload has no file path"),
+    ({"url": "data:image/png;base64,AAAA"}, "not a data URL"),
+    (42, "must be an uploaded file, got int"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), NO_IMAGE)
+def test_no_image(sp: space.SpaceApp, value, message: str) -> None:
+    with pytest.raises(gr.Error, match=message):
         ui(sp.predict)(value, 3)
 
 
@@ -237,7 +277,7 @@ def _write(path: Path, data: bytes | str) -> Path:
 BAD_FILES = {
     "empty": (lambda p: _write(p, b""), "empty"),
     "text": (lambda p: _write(p, "not an image"), "not an image"),
-    "png signature then garbage": (lambda p: _write(p, b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4), "image"),
+    "png signature then garbage": (lambda p: _write(p, b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4), "not an image"),
     "truncated png": (lambda p: _truncated(p, NOISE, "PNG"), "corrupted or truncated"),
     "truncated jpeg": (lambda p: _truncated(p, NOISE, "JPEG"), "corrupted or truncated"),
     # Pillow would hand EPS to Ghostscript; only common self-contained formats are accepted.
@@ -340,6 +380,33 @@ def test_unusual_images_are_converted_with_a_warning(sp, tmp_path: Path, warning
         assert np.allclose(x.reshape(-1, 3).mean(0), colour, atol=3), x.reshape(-1, 3).mean(0)
 
 
+def _asymmetric(width: int, height: int) -> Image.Image:
+    """Noise: every crop differs, so a crop off by a pixel or another filter changes the result."""
+    return Image.fromarray(np.random.default_rng(width * 7 + height).integers(0, 256, (height, width, 3), np.uint8))
+
+
+@pytest.mark.parametrize("size", [(96, 64), (64, 96), (99, 40), (50, 37), (20, 12), (33, 32)])
+def test_model_input_is_the_central_square_resized(sp: space.SpaceApp, tmp_path: Path, size) -> None:
+    """Wide, tall, odd and tiny uploads: the central square (Pillow crop), shrunk with BOX or enlarged with
+    BICUBIC, step by step here; for 96x64 also the plain 2x2 block average of the central 64x64."""
+    image = _asymmetric(*size)
+    x, _ = sp._model_input(str(save(image, tmp_path / f"{size[0]}x{size[1]}.png")))
+    w, h = size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    if side >= 32:
+        assert np.array_equal(x, np.asarray(square.resize((32, 32), Image.Resampling.BOX)))
+    else:  # bicubic reads 2 pixels around the square, the crop here has none: compare away from its edges
+        inner = slice(6, -6)
+        assert np.array_equal(
+            x[inner, inner], np.asarray(square.resize((32, 32), Image.Resampling.BICUBIC))[inner, inner]
+        )
+    if size == (96, 64):
+        blocks = np.asarray(image, np.float64)[:, 16:80].reshape(32, 2, 32, 2, 3).mean((1, 3))
+        assert np.abs(x - blocks).max() <= 1.0  # Pillow's fixed-point arithmetic rounds within one level
+
+
 def test_a_new_k_reranks_without_repeating_the_notes(sp, tmp_path: Path, warnings_shown: list[str]) -> None:
     path = save(Image.new("L", (40, 40), 128), tmp_path / "gray.png")
     first = ui(sp.predict)(str(path), 3)
@@ -365,7 +432,20 @@ def test_gradio_filedata_dict_is_accepted(sp: space.SpaceApp, examples) -> None:
     assert sp.predict(payload, 2) == sp.predict(str(examples["dog"]), 2)
 
 
-# ---------------------------------------------------------------------------- Grad-CAM
+# ---------------------------------------------------------------------------- heatmaps
+
+
+def library_masks(sp: space.SpaceApp, photos: np.ndarray, targets: list[int], layer: str, method: str) -> np.ndarray:
+    """The grad-cam library's own heatmaps, computed here without the app's method table."""
+    x = sp.clf.to_tensor(photos).requires_grad_(True)
+    with LIBRARY_CLASSES[method](model=sp.clf.net, target_layers=[sp.clf.net.get_submodule(layer)]) as cam:
+        return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+
+
+def near(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same overlay, up to rounding: heatmaps computed in batches of different sizes differ by ~1e-7,
+    which can move a pixel across a colour-map step, so under 1% of the values may differ by more than 1."""
+    return a.shape == b.shape and np.mean(np.abs(a.astype(int) - b.astype(int)) > 1) < 0.01
 
 
 @pytest.mark.parametrize("layer", list(LAYERS))
@@ -377,7 +457,7 @@ def test_gradcam_at_every_layer(sp: space.SpaceApp, examples, layer: str) -> Non
     top = list(sp.predict(str(examples["ship"]), 3))
     for rank, ((image, caption), cls) in enumerate(zip(cams, top, strict=True), start=1):
         assert image.shape == (side, side, 3) and image.dtype == np.uint8
-        assert re.fullmatch(rf"#{rank} {cls} \(\d+%\)", caption)
+        assert CAM_CAPTION.match(caption).groups()[:2] == (str(rank), cls), caption
     masks = sp.clf.cam_masks(np.asarray(Image.open(examples["ship"]))[None], [0], layer)
     assert masks.shape == (1, 32, 32) and masks.min() >= 0.0 and masks.max() <= 1.0
 
@@ -403,6 +483,92 @@ def test_opacity_reads_photo_to_heatmap() -> None:
     assert np.array_equal(inference.overlay(photos[0], mask, 1.0), inference.overlay(photos[1], mask, 1.0))
 
 
+@pytest.mark.parametrize("method", list(LIBRARY_CLASSES))
+def test_every_method_is_the_librarys_own(sp: space.SpaceApp, examples, method: str) -> None:
+    """cam_masks(method=...) and the gallery give the library's heatmaps for that method, not Grad-CAM's
+    (EigenCAM's are the same for every class); three positional arguments still mean Grad-CAM."""
+    path = str(examples["deer"])
+    x, _ = sp._model_input(path)
+    batch, targets = np.stack([x, x]), [4, 5]
+    got = sp.clf.cam_masks(batch, targets, "layer2", method=method)
+    assert np.allclose(got, library_masks(sp, batch, targets, "layer2", method), atol=1e-5)
+    gradcam = library_masks(sp, batch, targets, "layer2", "Grad-CAM")
+    assert np.allclose(sp.clf.cam_masks(batch, targets, "layer2"), gradcam, atol=1e-5)
+    assert (method == "Grad-CAM") == np.allclose(got, gradcam, atol=1e-3)
+    assert (method == "EigenCAM") == np.allclose(got[0], got[1], atol=1e-3)
+    _, cams = ui(sp.explain)(path, True, 1, "layer2", 1.0, method, space.TOP)
+    top = int(sp.clf.probabilities(x[None])[0].argmax())
+    assert near(cams[0][0], inference.overlay(x, library_masks(sp, x[None], [top], "layer2", method)[0], 1.0))
+
+
+def test_explain_any_class_beside_the_top_prediction(sp: space.SpaceApp, examples) -> None:
+    """Why not X? The heatmap of the class picked (ranked and captioned as such), then the top class's."""
+    path = str(examples["horse"])
+    x, _ = sp._model_input(path)
+    probs = sp.clf.probabilities(x[None])[0]
+    order = [int(c) for c in np.argsort(-probs, kind="stable")]
+    classes = sp.clf.classes
+    for picked in (order[-1], order[0]):  # the least likely class, and the top one itself (shown once)
+        _, cams = ui(sp.explain)(path, True, 3, "layer2", 1.0, "Grad-CAM", classes[picked])
+        expected = [picked] if picked == order[0] else [picked, order[0]]
+        assert len(cams) == len(expected)
+        for (image, caption), c in zip(cams, expected, strict=True):
+            rank, name, prob, *_ = CAM_CAPTION.match(caption).groups()
+            assert (int(rank), name, prob) == (order.index(c) + 1, classes[c], space.percent(probs[c]))
+            assert near(image, inference.overlay(x, library_masks(sp, x[None], [c], "layer2", "Grad-CAM")[0], 1.0))
+
+
+class _Recorder:
+    """Stands in for ROAD's imputer: records which pixels it is asked to fill, fills none."""
+
+    def __init__(self) -> None:
+        self.hidden: list[np.ndarray] = []
+
+    def __call__(self, img, mask):
+        self.hidden.append(mask.numpy() == 0)
+        return img
+
+
+def test_faithfulness_hides_the_most_then_least_highlighted_fifth(sp: space.SpaceApp, examples, monkeypatch) -> None:
+    """Exactly 20% of the pixels (205 of 1024), the most highlighted, then the least, even when the map
+    ties over half the image; the numbers are the class's probability (equal to it when nothing is filled)."""
+    from pytorch_grad_cam.metrics import road
+
+    recorder = _Recorder()
+    monkeypatch.setattr(road, "NoisyLinearImputer", lambda: recorder)
+    mask = np.zeros((32, 32), np.float32)
+    mask[:, 16:] = np.linspace(0.01, 1.0, 16 * 32).reshape(32, 16)  # the left half ties at 0
+    x, _ = sp._model_input(str(examples["cat"]))
+    probs = sp.clf.probabilities(x[None])[0]
+    most, least = sp.clf.faithfulness(x[None], mask[None], [3])
+    assert most[0] == pytest.approx(probs[3], abs=1e-5) and least[0] == pytest.approx(probs[3], abs=1e-5)
+    hidden_most, hidden_least = recorder.hidden
+    top_fifth = mask >= np.sort(mask.ravel())[-205]
+    assert hidden_most.sum() == 205 and np.array_equal(hidden_most, top_fifth)
+    assert hidden_least.sum() == 205 and np.all(mask[hidden_least] == 0)
+
+
+def test_faithfulness_numbers_are_symmetric_repeatable_and_captioned(sp: space.SpaceApp, examples) -> None:
+    """An inverted map swaps the two numbers (same pixels hidden, sides swapped); the same request gives
+    the same numbers (the imputation's noise is seeded); the caption shows them most-first."""
+    path = str(examples["horse"])
+    x, _ = sp._model_input(path)
+    top = int(sp.clf.probabilities(x[None])[0].argmax())
+    mask = np.random.default_rng(2).random((1, 32, 32)).astype(np.float32)  # no ties
+    most, least = sp.clf.faithfulness(x[None], mask, [top])
+    most_inv, least_inv = sp.clf.faithfulness(x[None], 1 - mask, [top])
+    assert most[0] == least_inv[0] and least[0] == most_inv[0] and most[0] != least[0]
+    cam = library_masks(sp, x[None], [top], "layer2", "Grad-CAM")
+    expected = sp.clf.faithfulness(x[None], cam, [top])
+    assert all(np.array_equal(a, b) for a, b in zip(expected, sp.clf.faithfulness(x[None], cam, [top]), strict=True))
+    _, cams = ui(sp.explain)(path, True, 1, "layer2", 0.5, "Grad-CAM", space.TOP)
+    assert CAM_CAPTION.match(cams[0][1]).groups()[3:] == tuple(space.percent(v[0]) for v in expected)
+
+
+def test_percentages_keep_small_changes_visible() -> None:
+    assert [space.percent(p) for p in (0.923, 0.1, 0.0345, 0.001, 0.0004)] == ["92%", "10%", "3.5%", "0.1%", "<0.1%"]
+
+
 BAD_CAM_ARGS = [
     ((True, 0, "layer2", 0.5), "number of images"),
     ((True, 11, "layer2", 0.5), "number of images"),
@@ -415,7 +581,13 @@ BAD_CAM_ARGS = [
     ((True, 3, "layer2", 1.5), "opacity"),
     ((True, 3, "layer2", "0.5"), "opacity"),
     ((True, 3, "layer2", None), "opacity"),
-    (("yes", 3, "layer2", 0.5), "true or false"),
+    (("yes", 3, "layer2", 0.5), "Show heatmaps must be true or false"),
+    ((True, 3, "layer2", 0.5, "ScoreCAM"), "Unknown explanation method 'ScoreCAM'; choose one of: Grad-CAM,"),
+    ((True, 3, "layer2", 0.5, "gradcam"), "Unknown explanation method 'gradcam'"),
+    ((True, 3, "layer2", 0.5, None), "Unknown explanation method None"),
+    ((True, 3, "layer2", 0.5, "Grad-CAM", "Dog"), "Unknown class to explain 'Dog'; choose one of: top, airplane"),
+    ((True, 3, "layer2", 0.5, "Grad-CAM", "cow"), "Unknown class to explain 'cow'"),
+    ((True, 3, "layer2", 0.5, "Grad-CAM", 5), "Unknown class to explain 5"),
 ]
 
 
@@ -435,15 +607,32 @@ def test_misclassified_gallery(sp: space.SpaceApp) -> None:
     side = sp.clf.image_size * inference.DISPLAY_SCALE
     confidences = []
     for image, caption in items:
-        true, pred, pct = CAPTION.match(caption).groups()
+        true, pred, pct = CAPTION.match(caption).group(1, 2, 3)
         assert true != pred and {true, pred} <= set(sp.clf.classes)
         assert image.shape == (side, side, 3)
         confidences.append(int(pct))
     assert confidences == sorted(confidences, reverse=True)  # most confident first
     with_cam = ui(sp.misclassified)(True, n, True, "layer1.residual", 0.7)
-    assert [c for _, c in with_cam] == [c for _, c in items]
-    assert all(image.shape == (side, 2 * side + space.GAP, 3) for image, _ in with_cam)
+    assert [CAPTION.match(c).group(1, 2, 3) for _, c in with_cam] == [CAPTION.match(c).group(1, 2, 3) for _, c in items]
+    assert all(image.shape == (side, 3 * side + 2 * space.GAP, 3) for image, _ in with_cam)
     assert ui(sp.misclassified)(False, n, True, "layer2", 0.5) == []
+
+
+def test_misclassified_heatmaps_of_the_predicted_then_the_true_class(sp: space.SpaceApp) -> None:
+    """Photo | heatmap of the (wrong) prediction | heatmap of the true class, with the method chosen;
+    asked for 1 then 3, so the cache grows by the right images."""
+    side = sp.clf.image_size * inference.DISPLAY_SCALE
+    ui(sp.misclassified)(True, 1, True, "layer2", 1.0, "Grad-CAM++")
+    items = ui(sp.misclassified)(True, 3, True, "layer2", 1.0, "Grad-CAM++")
+    for i, (image, caption) in enumerate(items):
+        photo, true, pred = sp.store.images[i], int(sp.store.labels[i]), int(sp.store.preds[i])
+        names = CAPTION.match(caption).group(1, 2, 5, 6)
+        assert names == tuple(sp.clf.classes[c] for c in (true, pred, pred, true)), caption
+        panels = [image[:, k * (side + space.GAP) : k * (side + space.GAP) + side] for k in range(3)]
+        assert np.array_equal(panels[0], inference.enlarge(photo))
+        for panel, c in zip(panels[1:], (pred, true), strict=True):
+            want = inference.overlay(photo, library_masks(sp, photo[None], [c], "layer2", "Grad-CAM++")[0], 1.0)
+            assert near(panel, want), (i, sp.clf.classes[c])
 
 
 def test_misclassified_store_is_one_compact_file() -> None:
@@ -453,22 +642,103 @@ def test_misclassified_store_is_one_compact_file() -> None:
     assert not list(APP_DIR.glob("*_as_*.png"))
 
 
-@pytest.mark.parametrize(("count", "show"), [(0, True), (10_000, True), (1.5, True), (3, "no")])
-def test_misclassified_parameters_are_checked(sp: space.SpaceApp, count, show) -> None:
-    with pytest.raises(gr.Error):
-        ui(sp.misclassified)(show, count, False, "layer2", 0.5)
+BAD_GALLERY_ARGS = [
+    ((True, 0, False, "layer2", 0.5), "number of images must be from 1 to"),
+    ((True, 10_000, False, "layer2", 0.5), "number of images must be from 1 to"),
+    ((True, 1.5, False, "layer2", 0.5), "number of images must be a whole number"),
+    (("no", 3, False, "layer2", 0.5), "Show misclassified images must be true or false"),
+    ((True, 3, 1, "layer2", 0.5), "Show heatmaps must be true or false"),
+    ((True, 3, True, "fc", 0.5), "Unknown Grad-CAM layer 'fc'"),
+    ((True, 3, True, "layer2", 2), "opacity must be a number from 0 to 1"),
+    ((True, 3, True, "layer2", 0.5, "ScoreCAM"), "Unknown explanation method 'ScoreCAM'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_GALLERY_ARGS)
+def test_misclassified_parameters_are_checked(sp: space.SpaceApp, args, message: str) -> None:
+    with pytest.raises(gr.Error, match=message):
+        ui(sp.misclassified)(*args)
+
+
+def _blocks(demo: gr.Blocks, kind: type) -> dict[str, Any]:
+    return {b.elem_id: b for b in demo.blocks.values() if isinstance(b, kind)}
 
 
 def test_ui_has_the_named_endpoints_and_hidden_controls(sp: space.SpaceApp) -> None:
     demo = sp.build()
     endpoints = demo.get_api_info()["named_endpoints"]
     assert {"/predict", "/explain", "/misclassified"} <= set(endpoints)
-    assert [p["parameter_name"] for p in endpoints["/predict"]["parameters"]] == ["image", "top_k"]
-    dropdowns = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown)]
+    params = {name: [p["parameter_name"] for p in endpoints[name]["parameters"]] for name in endpoints}
+    assert params["/predict"] == ["image", "top_k"]
+    assert params["/explain"] == ["image", "show_cam", "count", "layer", "opacity", "method", "class_name"]
+    assert params["/misclassified"] == ["show", "count", "show_cam", "layer", "opacity", "method"]
+    dropdowns = _blocks(demo, gr.Dropdown)
     assert sp.clf.layers == LAYERS
-    assert [label for label, _ in dropdowns[0].choices] == [inference.layer_label(k, v) for k, v in LAYERS.items()]
+    assert [label for label, _ in dropdowns["cam-layer"].choices] == [
+        inference.layer_label(k, v) for k, v in LAYERS.items()
+    ]
+    assert [v for _, v in dropdowns["cam-method"].choices] == list(LIBRARY_CLASSES)
+    assert dropdowns["cam-method"].value == "Grad-CAM"
+    assert [v for _, v in dropdowns["cam-class"].choices] == [space.TOP, *sp.clf.classes]
     galleries = [b for b in demo.blocks.values() if isinstance(b, gr.Gallery)]
     assert galleries and not any(g.visible for g in galleries)  # shown only when their box is ticked
+    assert [a.open for a in _blocks(demo, gr.Accordion).values()] == [False]
+
+
+def test_each_method_has_its_one_line_description() -> None:
+    lines = [space.method_line(m) for m in LIBRARY_CLASSES]
+    assert all(
+        line.startswith(f"**{m}**: ") and "\n" not in line for m, line in zip(LIBRARY_CLASSES, lines, strict=True)
+    )
+    assert len(set(lines)) == len(lines) and "same map for every class" in space.method_line("EigenCAM")
+
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _metrics() -> dict[str, Any]:
+    """Made-up metrics, asymmetric so a transposed matrix or swapped roles show."""
+    confusion = (np.eye(10, dtype=int) * 90).tolist()
+    confusion[3][5], confusion[5][3], confusion[2][0] = 40, 25, 7  # cat as dog, dog as cat, bird as airplane
+    per_class = {c: 0.5 + i / 100 for i, c in enumerate(CLASSES)}
+    return {"n": 1000, "accuracy": 0.873, "accuracy_tta": 0.881, "per_class": per_class, "confusion": confusion}
+
+
+def test_about_the_model_reads_the_metrics() -> None:
+    metrics = _metrics()
+    rows = space.confusion_rows(metrics, CLASSES)
+    assert rows[3][0] == "cat" and rows[3][1 + 5] == 40 and rows[5][1 + 3] == 25
+    per_class = space.per_class_rows(metrics, CLASSES)
+    assert per_class[3] == ["cat", "53.0%", "—"] and len(per_class) == 10
+    text = space.about_text(metrics, CLASSES)
+    assert "**87.3%** of the 1,000 CIFAR-10 test images" in text and "88.1% with flip" in text
+    assert "cat taken for dog (40×), dog taken for cat (25×), bird taken for airplane (7×)" in text
+    assert "has no" not in text
+
+
+def test_about_the_model_without_the_new_metrics(sp: space.SpaceApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older model.json (accuracy only): the app still builds, shows what it has and says what it lacks."""
+    old = {"n": 10000, "accuracy": 0.906, "accuracy_tta": 0.9119}
+    monkeypatch.setitem(sp.clf.config, "metrics", old)
+    demo = sp.build()
+    assert not _blocks(demo, gr.Dataframe)
+    text = _blocks(demo, gr.Markdown)["about-text"].value
+    assert "**90.6%**" in text and "has no per-class accuracy and no confusion matrix yet" in text
+    monkeypatch.setitem(sp.clf.config, "metrics", {**old, "confusion": [[1, 2], [3, 4]]})  # malformed: ignored
+    assert "no confusion matrix" in space.about_text(sp.clf.config["metrics"], sp.clf.classes)
+
+
+def test_about_the_model_shows_the_committed_metrics(sp: space.SpaceApp) -> None:
+    metrics = sp.clf.config["metrics"]
+    frames = _blocks(sp.build(), gr.Dataframe)
+    if "confusion" not in metrics:
+        pytest.skip("space_app/model.json predates the per-class metrics")
+    assert frames["confusion"].value["data"][3] == ["cat", *metrics["confusion"][3]]
+    assert frames["confusion"].value["headers"][1:] == sp.clf.classes
+    assert frames["per-class"].value["data"][0][:2] == [
+        sp.clf.classes[0],
+        f"{metrics['per_class'][sp.clf.classes[0]]:.1%}",
+    ]
 
 
 # ---------------------------------------------------------------------------- over HTTP, standalone copy
@@ -502,9 +772,13 @@ def test_http_bad_input_gets_a_message_and_the_server_keeps_serving(client, tmp_
         with pytest.raises(Exception, match=message):
             client.predict(*args, api_name="/predict")
         assert time.perf_counter() - start < 30
-    with pytest.raises(Exception, match="opacity"):
+    with pytest.raises(Exception, match="Heatmap opacity must be a number from 0 to 1, got 7"):
         client.predict(cat, True, 3, "layer2", 7, api_name="/explain")
-    with pytest.raises(Exception, match="layer"):
+    with pytest.raises(Exception, match="Unknown explanation method 'ScoreCAM'"):
+        client.predict(cat, True, 3, "layer2", 0.5, "ScoreCAM", "top", api_name="/explain")
+    with pytest.raises(Exception, match="Unknown class to explain 'cow'"):
+        client.predict(cat, True, 3, "layer2", 0.5, "Grad-CAM", "cow", api_name="/explain")
+    with pytest.raises(Exception, match="Unknown Grad-CAM layer 'fc'"):
         client.predict(True, 3, True, "fc", 0.5, api_name="/misclassified")
     assert len(client.predict(cat, 3, api_name="/predict")["confidences"]) == 3
 
@@ -515,8 +789,13 @@ def test_http_upload_size_is_capped(client, server, tmp_path: Path) -> None:
     big = tmp_path / "big.png"
     with big.open("wb") as f:
         f.truncate(inference.MAX_FILE_BYTES + 1024)
-    with pytest.raises(Exception):  # noqa: B017  (refused by Gradio's upload route before any handler runs)
+    # gradio_client refuses it itself, from the server's max_file_size...
+    with pytest.raises(Exception, match=f"exceeds the maximum file size of {inference.MAX_FILE_BYTES} bytes"):
         client.predict(handle_file(str(big)), 3, api_name="/predict")
+    # ...and so does the server's upload route, for clients that do not check.
+    with big.open("rb") as f:
+        response = httpx.post(server[0] + "gradio_api/upload", files={"files": ("big.png", f)}, timeout=60)
+    assert response.status_code == 413 and "exceeded maximum allowed size" in response.text
     out = client.predict(handle_file(str(APP_DIR / "examples" / "dog.png")), 2, api_name="/predict")
     assert len(out["confidences"]) == 2
 
@@ -524,7 +803,7 @@ def test_http_upload_size_is_capped(client, server, tmp_path: Path) -> None:
 def test_a_request_gradio_refuses_before_the_app_says_why(client) -> None:
     from gradio_client import handle_file
 
-    with pytest.raises(Exception, match="ImageData"):  # noqa: B017  (gradio_client's AppError)
+    with pytest.raises(Exception, match="ImageData"):  # gradio_client's AppError
         client.predict("not a file", 3, api_name="/predict")
     assert client.predict(handle_file(str(APP_DIR / "examples" / "cat.png")), 1, api_name="/predict")["label"]
 
@@ -536,20 +815,54 @@ def test_gradcam_and_gallery_over_http(client) -> None:
         handle_file(str(APP_DIR / "examples" / "ship.png")), True, 2, "layer1.residual", 0.5, api_name="/explain"
     )
     assert Image.open(seen).size == (256, 256) and len(cams) == 2
-    gallery = client.predict(True, 3, True, "layer3", 0.5, api_name="/misclassified")
-    assert len(gallery) == 3 and all(CAPTION.match(item["caption"]) for item in gallery)
+    _, cams = client.predict(
+        handle_file(str(APP_DIR / "examples" / "ship.png")),
+        True,
+        2,
+        "layer2",
+        0.5,
+        "HiResCAM",
+        "dog",
+        api_name="/explain",
+    )
+    assert [CAM_CAPTION.match(c["caption"]).group(2) for c in cams][0] == "dog"
+    gallery = client.predict(True, 3, True, "layer3", 0.5, "LayerCAM", api_name="/misclassified")
+    assert len(gallery) == 3 and all(CAPTION.match(item["caption"]).group(5) for item in gallery)
+    assert Image.open(gallery[0]["image"]).size == (3 * 256 + 2 * space.GAP, 256)
 
 
 # ---------------------------------------------------------------------------- a real browser
 
 
+def _choose(page, elem_id: str, label: str) -> None:
+    """Pick an option of a Gradio dropdown as a visitor does: open the list, click the option."""
+    page.locator(f"#{elem_id} input[role=combobox]").click()
+    page.get_by_role("option", name=label, exact=True).click()
+
+
+def _captions(page, gallery: str) -> list[str]:
+    return page.locator(f"#{gallery} .caption-label").all_inner_texts()
+
+
+def _wait_for_captions(page, gallery: str, expected: list[str]) -> None:
+    page.wait_for_function(
+        """([id, want]) => JSON.stringify([...document.querySelectorAll(`#${id} .caption-label`)]
+        .map(c => c.innerText)) === JSON.stringify(want)""",
+        arg=[gallery, expected],
+        timeout=60_000,
+    )
+
+
 @pytest.mark.browser
 def test_browser_upload_set_k_and_read_labels(server, sp: space.SpaceApp, tmp_path: Path) -> None:
+    """A visitor's session: k, upload, Classify, k by keyboard; heatmaps with another method, then for a
+    class picked by hand, each captioned with its faithfulness; the two-sided mistakes; the model's metrics."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} missing: run scripts/install_browser.sh")
     from playwright.sync_api import sync_playwright
 
     url = server[0]
+    horse = str(APP_DIR / "examples" / "horse.png")
     k = 4
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -560,7 +873,7 @@ def test_browser_upload_set_k_and_read_labels(server, sp: space.SpaceApp, tmp_pa
             number = page.locator("#top-k input[type=number]")
             number.fill(str(k))
             number.press("Enter")
-            page.locator("#upload input[type=file]").set_input_files(str(APP_DIR / "examples" / "horse.png"))
+            page.locator("#upload input[type=file]").set_input_files(horse)
             page.locator("#classify").click()
             rows = page.locator("#prediction [data-testid$='-confidence-set'] dt")
             page.wait_for_function(
@@ -576,24 +889,55 @@ def test_browser_upload_set_k_and_read_labels(server, sp: space.SpaceApp, tmp_pa
                 timeout=60_000,
             )
             page.locator("#show-cam input[type=checkbox]").check()
-            page.locator("#gradcam-gallery img").first.wait_for(timeout=60_000)
             page.locator("#model-input img").wait_for(timeout=60_000)
+            _wait_for_captions(page, "gradcam-gallery", [c for _, c in sp.explain(horse, True, 3, "layer2", 0.5)[1]])
+            # Another method: its one-line description, and its heatmaps' numbers.
+            _choose(page, "cam-method", "LayerCAM")
+            page.wait_for_function("document.querySelector('#cam-method-about').innerText.startsWith('LayerCAM:')")
+            layercam = [c for _, c in sp.explain(horse, True, 3, "layer2", 0.5, "LayerCAM")[1]]
+            _wait_for_captions(page, "gradcam-gallery", layercam)
+            # Why not a dog? Its heatmap, then the top class's; the count of top classes is hidden.
+            _choose(page, "cam-class", "dog")
+            dog = [c for _, c in sp.explain(horse, True, 3, "layer2", 0.5, "LayerCAM", "dog")[1]]
+            _wait_for_captions(page, "gradcam-gallery", dog)
+            count_hidden = not page.locator("#cam-count").is_visible()
+            # The mistakes, each with the heatmap of the predicted class, then of the true class.
             page.locator("#show-mistakes input[type=checkbox]").check()
-            page.wait_for_function("document.querySelectorAll('#misclassified-gallery img').length >= 10")
+            page.wait_for_function(
+                """() => { const imgs = [...document.querySelectorAll('#misclassified-gallery img')];
+                return imgs.length >= 10 && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
+                timeout=60_000,
+            )
+            mistakes = _captions(page, "misclassified-gallery")
+            sizes = page.evaluate(
+                """() => [...document.querySelectorAll('#misclassified-gallery img')]
+                .map(i => [i.naturalWidth, i.naturalHeight])"""
+            )
             # Every caption is shown whole: Gradio's default cut "automobile → truck (95…".
             cut_captions = page.evaluate(
-                """() => [...document.querySelectorAll('#misclassified-gallery .caption-label')]
-                .map(c => [c.textContent, c.scrollWidth > c.clientWidth])"""
+                """() => [...document.querySelectorAll('.captioned .caption-label')]
+                .map(c => [c.textContent, c.scrollWidth > c.clientWidth || c.scrollHeight > c.clientHeight])"""
             )
+            page.locator("#about").get_by_text("About the model").click()
+            page.locator("#about-text").wait_for(timeout=10_000)
+            about = page.locator("#about").inner_text()
             page.screenshot(path=str(tmp_path / "space_app.png"), full_page=True)
         finally:
             browser.close()
-    assert labels == list(sp.predict(str(APP_DIR / "examples" / "horse.png"), k))
-    assert len(cut_captions) >= 10 and not [text for text, cut in cut_captions if cut]
+    assert labels == list(sp.predict(horse, k))
+    assert dog[0].startswith("#") and CAM_CAPTION.match(dog[0]).group(2) == "dog" and count_hidden
+    expected = [c for _, c in sp.misclassified(True, 10, True, "layer2", 0.5, "LayerCAM")]
+    assert mistakes == expected and all(CAPTION.match(c).group(5) for c in mistakes)
+    assert all(size == [3 * 256 + 2 * space.GAP, 256] for size in sizes)
+    assert len(cut_captions) >= 12 and not [text for text, cut in cut_captions if cut]
+    assert space.about_text(sp.clf.config["metrics"], sp.clf.classes).split("**")[0] in about
+    if "confusion" in sp.clf.config["metrics"]:
+        assert "true ↓ predicted →" in about and "Accuracy per class" in about
     assert (tmp_path / "space_app.png").stat().st_size > 10_000
 
 
 def test_no_stray_files_in_the_space() -> None:
-    allowed = {"app.py", "inference.py", "model.py", "requirements.txt", "README.md", "examples", "__pycache__"}
+    allowed = {"app.py", "inference.py", "explain.py", "model.py", "requirements.txt", "README.md", "examples"}
+    allowed |= {"__pycache__", "LICENSE", "pre-requirements.txt"}  # the last two: the publishing files
     allowed |= {"model.json", "model.safetensors", "misclassified.npz", ".gitattributes"}
     assert {p.name for p in APP_DIR.iterdir()} <= allowed
