@@ -1,6 +1,6 @@
 """Helpers for the tests of the learning itself: a tiny learnable image folder, and one short fit through the
-project's own `fit` with a callback that records the recipe step by step (learning rate, beta1, the first
-last step's loss, and an exponential moving average of the weights computed here from the README's rule)."""
+project's own `fit` with a callback that records the recipe step by step (learning rate, beta1, the last
+step's batch and loss, and an exponential moving average of the weights computed here from the README's rule)."""
 
 from __future__ import annotations
 
