@@ -71,7 +71,7 @@ def test_fast_dev_run_cli_writes_weights_json_and_plots(image_folder, tmp_path, 
     assert summary["n"] == 8 and summary["accuracy"] == config["metrics"]["accuracy"]
     assert summary["accuracy"] == round(float((preds == labels).mean()), 4)
     wrong = np.flatnonzero(preds != labels)
-    assert len(wrong) >= 2  # one step on noise: mistakes to export (measured: 7 of 8)
+    assert len(wrong) >= 2  # one step on noise: mistakes to export, so the checks below can fail
     wrong = wrong[np.argsort(-probs[wrong].max(1), kind="stable")]  # most confident first
     files = sorted(p.name for p in (out / "misclassified_images").glob("*.png"))
     assert [parse_file_name(f)[:2] for f in files] == [(labels[i], preds[i]) for i in wrong[:3]]
