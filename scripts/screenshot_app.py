@@ -3,8 +3,9 @@
     scripts/install_browser.sh        # Debian's chromium, once
     python scripts/screenshot_app.py  # starts space_app/app.py on a free port, or --url to use a running one
 
-Drives the page with Playwright like a visitor: uploads an example, sets k, ticks Grad-CAM and
-the misclassified gallery, waits for every output, then saves a full-page screenshot.
+Drives the page with Playwright like a visitor: uploads an example, sets k, ticks the heatmaps
+(with a method and, optionally, one class to explain) and the misclassified gallery, opens "About the
+model", waits for every output, then saves a full-page screenshot.
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ def set_slider(page, elem_id: str, value: int) -> None:
     box.press("Enter")
 
 
-def shoot(url: str, out: Path, example: str, k: int, cams: int, mistakes: int) -> None:
+def choose(page, elem_id: str, label: str) -> None:
+    page.locator(f"#{elem_id} input[role=combobox]").click()
+    page.get_by_role("option", name=label, exact=True).click()
+
+
+def shoot(url: str, out: Path, example: str, k: int, cams: int, mistakes: int, method: str, explain: str) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -38,6 +44,10 @@ def shoot(url: str, out: Path, example: str, k: int, cams: int, mistakes: int) -
             set_slider(page, "top-k", k)
             page.locator("#show-cam input[type=checkbox]").check()
             set_slider(page, "cam-count", cams)
+            choose(page, "cam-method", method)
+            if explain != "top":
+                choose(page, "cam-class", explain)
+                cams = 1 if explain == example else 2
             page.locator("#show-mistakes input[type=checkbox]").check()
             set_slider(page, "mistake-count", mistakes)
             page.locator("#upload input[type=file]").set_input_files(str(APP_DIR / "examples" / f"{example}.png"))
@@ -48,7 +58,10 @@ def shoot(url: str, out: Path, example: str, k: int, cams: int, mistakes: int) -
                 && document.querySelectorAll("#misclassified-gallery img").length >= {mistakes}""",
                 timeout=180_000,
             )
+            page.locator("#about").get_by_text("About the model").click()
+            page.locator("#about-text").wait_for(timeout=30_000)
             page.wait_for_load_state("networkidle")
+            page.mouse.move(0, 0)  # no item left in its hover state
             page.wait_for_timeout(1000)  # let images finish painting
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out), full_page=True)
@@ -60,10 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="use an app already running here")
     p.add_argument("--out", type=Path, default=REPO / "images" / "space_app.png")
-    p.add_argument("--example", default="horse", help="which examples/<class>.png to upload")
+    p.add_argument("--example", default="bird", help="which examples/<class>.png to upload")
+    p.add_argument("--method", default="Grad-CAM", help="the heatmap method, as named in the app")
+    p.add_argument("--explain", default="top", help='"top" (the top classes) or one class name')
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--cams", type=int, default=5)
-    p.add_argument("--mistakes", type=int, default=10)
+    p.add_argument("--mistakes", type=int, default=8)
     args = p.parse_args(argv)
     if not CHROMIUM.exists():
         print(f"{CHROMIUM} missing: run scripts/install_browser.sh", file=sys.stderr)
@@ -73,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         if not url:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             url, _ = stack.enter_context(running_app(copy_app(root / "space_app"), root / "app.log"))
-        shoot(url, args.out, args.example, args.k, args.cams, args.mistakes)
+        shoot(url, args.out, args.example, args.k, args.cams, args.mistakes, args.method, args.explain)
     print(f"wrote {args.out}")
     return 0
 

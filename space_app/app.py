@@ -56,6 +56,7 @@ CSS = """
 .captioned .thumbnail-item > img { height: auto; }
 .captioned .caption-label { position: static; max-width: 100%; white-space: normal; border: none; }
 .captioned .grid-wrap.fixed-height { min-height: 0; max-height: none; overflow-y: visible; }
+.captioned .grid-container { padding-top: var(--size-6); }  /* clear of the gallery's label */
 #confusion td, #confusion th { text-align: right; }
 """
 

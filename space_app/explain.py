@@ -67,16 +67,17 @@ def cam_masks(
 
 
 def pixel_order(masks: np.ndarray) -> np.ndarray:
-    """Each mask's pixels replaced by their rank in [0, 1], ties broken at random (with a fixed seed).
+    """Each mask's pixels replaced by their rank in [0, 1], ties broken at random (the same way for
+    every mask, wherever it is in the batch).
 
     ROAD hides the pixels above a percentile of the mask; with ties (a CAM is often 0 over large
     areas) it would hide more than the share asked for. Ranks keep the order and make the share exact.
     """
-    rng = np.random.default_rng(0)
     flat = masks.reshape(len(masks), -1)
+    tie_breaker = np.random.default_rng(0).random(flat.shape[1])
     ranks = np.empty(flat.shape, np.float32)
     for i, row in enumerate(flat):
-        order = np.lexsort((rng.random(row.size), row))
+        order = np.lexsort((tie_breaker, row))
         ranks[i, order] = np.arange(row.size) / max(row.size - 1, 1)
     return ranks.reshape(masks.shape)
 

@@ -22,11 +22,13 @@ import gradio as gr
 import httpx
 import numpy as np
 import pytest
+import torch
 from app_helpers import APP_DIR, CHROMIUM, CHROMIUM_ARGS, REPO, copy_app, running_app, write_png
 from PIL import Image
 
 sys.path.insert(0, str(APP_DIR))
 import app as space  # noqa: E402  (space_app/ is a folder of scripts, not a package)
+import explain  # noqa: E402
 import inference  # noqa: E402
 import pytorch_grad_cam as pgc  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
@@ -548,10 +550,21 @@ def test_faithfulness_hides_the_most_then_least_highlighted_fifth(sp: space.Spac
     assert hidden_least.sum() == 205 and np.all(mask[hidden_least] == 0)
 
 
+def test_pixel_order_is_exact_and_the_same_anywhere_in_a_batch() -> None:
+    """Ranks keep the mask's order, break ties (here over half the map) without favouring a position
+    in the batch: a heatmap scores the same explained alone or as #5 of ten."""
+    rng = np.random.default_rng(3)
+    masks = np.where(rng.random((3, 32, 32)) < 0.5, 0.0, rng.random((3, 32, 32))).astype(np.float32)
+    ranks = explain.pixel_order(masks)
+    assert np.array_equal(ranks[2], explain.pixel_order(masks[2:])[0])
+    assert np.array_equal(np.sort(ranks[0].ravel()), np.linspace(0, 1, 1024, dtype=np.float32))
+    assert np.all(np.diff(masks[0].ravel()[np.argsort(ranks[0].ravel())]) >= 0)  # the mask's order kept
+
+
 def test_faithfulness_numbers_are_symmetric_repeatable_and_captioned(sp: space.SpaceApp, examples) -> None:
     """An inverted map swaps the two numbers (same pixels hidden, sides swapped); the same request gives
     the same numbers (the imputation's noise is seeded); the caption shows them most-first."""
-    path = str(examples["horse"])
+    path = str(examples["bird"])  # its two numbers differ (78%: about 37% and 77%), so a swap shows
     x, _ = sp._model_input(path)
     top = int(sp.clf.probabilities(x[None])[0].argmax())
     mask = np.random.default_rng(2).random((1, 32, 32)).astype(np.float32)  # no ties
@@ -560,9 +573,21 @@ def test_faithfulness_numbers_are_symmetric_repeatable_and_captioned(sp: space.S
     assert most[0] == least_inv[0] and least[0] == most_inv[0] and most[0] != least[0]
     cam = library_masks(sp, x[None], [top], "layer2", "Grad-CAM")
     expected = sp.clf.faithfulness(x[None], cam, [top])
+    torch.rand(7)  # anything else drawing from torch's random generator must not change the numbers
     assert all(np.array_equal(a, b) for a, b in zip(expected, sp.clf.faithfulness(x[None], cam, [top]), strict=True))
-    _, cams = ui(sp.explain)(path, True, 1, "layer2", 0.5, "Grad-CAM", space.TOP)
+    assert expected[0][0] != expected[1][0]
+    _, cams = ui(sp.explain)(path, True, 3, "layer2", 0.5, "Grad-CAM", space.TOP)
+    top3 = [int(c) for c in np.argsort(-sp.clf.probabilities(x[None])[0], kind="stable")[:3]]
+    shown = [[_share(v) for v in CAM_CAPTION.match(c).groups()[3:]] for _, c in cams]
+    for numbers, c in zip(shown, top3, strict=True):  # each class on its own (the noise differs by a hair)
+        alone = sp.clf.faithfulness(x[None], library_masks(sp, x[None], [c], "layer2", "Grad-CAM"), [c])
+        assert np.allclose(numbers, [v[0] for v in alone], atol=0.011), (sp.clf.classes[c], numbers, alone)
     assert CAM_CAPTION.match(cams[0][1]).groups()[3:] == tuple(space.percent(v[0]) for v in expected)
+
+
+def _share(text: str) -> float:
+    """ "37%" -> 0.37, "<0.1%" -> 0.0005."""
+    return 0.0005 if text == "<0.1%" else float(text.rstrip("%")) / 100
 
 
 def test_percentages_keep_small_changes_visible() -> None:
@@ -584,6 +609,8 @@ BAD_CAM_ARGS = [
     (("yes", 3, "layer2", 0.5), "Show heatmaps must be true or false"),
     ((True, 3, "layer2", 0.5, "ScoreCAM"), "Unknown explanation method 'ScoreCAM'; choose one of: Grad-CAM,"),
     ((True, 3, "layer2", 0.5, "gradcam"), "Unknown explanation method 'gradcam'"),
+    ((False, 3, "layer2", 0.5, "gradcam"), "Unknown explanation method 'gradcam'"),  # checked even when off
+    ((False, 3, "layer2", 0.5, "Grad-CAM", "cow"), "Unknown class to explain 'cow'"),
     ((True, 3, "layer2", 0.5, None), "Unknown explanation method None"),
     ((True, 3, "layer2", 0.5, "Grad-CAM", "Dog"), "Unknown class to explain 'Dog'; choose one of: top, airplane"),
     ((True, 3, "layer2", 0.5, "Grad-CAM", "cow"), "Unknown class to explain 'cow'"),
@@ -651,6 +678,7 @@ BAD_GALLERY_ARGS = [
     ((True, 3, True, "fc", 0.5), "Unknown Grad-CAM layer 'fc'"),
     ((True, 3, True, "layer2", 2), "opacity must be a number from 0 to 1"),
     ((True, 3, True, "layer2", 0.5, "ScoreCAM"), "Unknown explanation method 'ScoreCAM'"),
+    ((True, 3, False, "layer2", 0.5, "ScoreCAM"), "Unknown explanation method 'ScoreCAM'"),
 ]
 
 
