@@ -1,4 +1,4 @@
-"""Test-split accuracy of exported weights, plain and with flip test-time augmentation.
+"""Test-split accuracy of exported weights: single view, flip TTA, and flip + translation TTA.
 
 python -m era_utils.evaluate --weights space_app/model.safetensors --data-dir ../shared/data/cifar10-jpeg
 
@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from era_utils.config import CLASS_NAMES
 from era_utils.data import ArrayDataset, DataError, load_split
 from era_utils.export import load_model, write_metrics
+from era_utils.lit_module import flip_tta_logits
 from era_utils.transforms import test_transforms
 
 
@@ -28,16 +30,32 @@ def confusion_counts(labels: np.ndarray, predicted: np.ndarray, num_classes: int
     return np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
 
 
+def tta_logits(net: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits of three views, from six forward passes: the image; flip TTA (the mean with its mirror image);
+    and airbench94's flip + translation TTA, half the flip TTA and half the mean flip TTA of the image
+    shifted by one pixel up-left and down-right (reflect padding)."""
+    logits = net(images)
+    flip = (logits + net(torch.flip(images, dims=[3]))) / 2
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[..., :height, :width], padded[..., 2:, 2:]]
+    return logits, flip, flip / 2 + sum(flip_tta_logits(net, s) for s in shifted) / 4
+
+
 @dataclass
 class Predictions:
+    """Softmax probabilities of each test image: single view, flip TTA, flip + translation TTA."""
+
     labels: np.ndarray
     probs: np.ndarray
     probs_tta: np.ndarray
+    probs_tta_translate: np.ndarray
 
     def report(self) -> dict:
-        """Overall and per-class accuracy, plain and with flip TTA, and the single view's confusion counts."""
+        """Overall and per-class accuracy of each view, and the single view's confusion counts."""
         out: dict = {"n": int(len(self.labels))}
-        for key, probs in (("", self.probs), ("_tta", self.probs_tta)):
+        views = (("", self.probs), ("_tta", self.probs_tta), ("_tta_translate", self.probs_tta_translate))
+        for key, probs in views:
             correct = probs.argmax(1) == self.labels
             out[f"accuracy{key}"] = round(float(correct.mean()), 4)
             out[f"per_class{key}"] = {
@@ -51,18 +69,16 @@ class Predictions:
 
 @torch.no_grad()
 def predict(net: nn.Module, dataset: Dataset, batch_size: int = 500) -> Predictions:
-    """Softmax probabilities over `dataset` in fp32, plain and with flip TTA."""
+    """Softmax probabilities over `dataset` in fp32: single view, flip TTA, flip + translation TTA."""
     net.eval()
     device = next(net.parameters()).device
-    probs, probs_tta, labels = [], [], []
+    views: list[list[torch.Tensor]] = [[], [], []]
+    labels = []
     for images, y in DataLoader(dataset, batch_size=batch_size):
-        images = images.to(device)
-        logits = net(images).float()
-        flipped = net(torch.flip(images, dims=[3])).float()
-        probs.append(logits.softmax(1).cpu())
-        probs_tta.append(((logits + flipped) / 2).softmax(1).cpu())
+        for view, logits in zip(views, tta_logits(net, images.to(device)), strict=True):
+            view.append(logits.float().softmax(1).cpu())
         labels.append(y)
-    return Predictions(torch.cat(labels).numpy(), torch.cat(probs).numpy(), torch.cat(probs_tta).numpy())
+    return Predictions(torch.cat(labels).numpy(), *(torch.cat(view).numpy() for view in views))
 
 
 def positive_int(text: str) -> int:

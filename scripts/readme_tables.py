@@ -82,10 +82,12 @@ def epochs_table(csv: str = "logs/metrics.csv") -> str:
 
 def classes_table(evaluate_json: str) -> str:
     report = json.loads(Path(evaluate_json).read_text())
-    lines = ["| class | single view | flip TTA |", "|---|---:|---:|"]
+    views = ("", "_tta", "_tta_translate")
+    lines = ["| class | single view | flip TTA | flip + translation TTA |", "|---|---:|---:|---:|"]
     for name in CLASS_NAMES:
-        lines.append(f"| {name} | {report['per_class'][name]:.1%} | {report['per_class_tta'][name]:.1%} |")
-    lines.append(f"| **all {report['n']:,}** | **{report['accuracy']:.2%}** | **{report['accuracy_tta']:.2%}** |")
+        lines.append(f"| {name} | " + " | ".join(f"{report['per_class' + v][name]:.1%}" for v in views) + " |")
+    overall = " | ".join(f"**{report['accuracy' + v]:.2%}**" for v in views)
+    lines.append(f"| **all {report['n']:,}** | {overall} |")
     return "\n".join(lines)
 
 

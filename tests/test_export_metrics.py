@@ -16,14 +16,15 @@ from era_utils.export import CONFIG_NAME, WEIGHTS_NAME, export_model, load_model
 from era_utils.model import CustomResNet
 from era_utils.train import TrainConfig, build_datamodule, export_artifacts
 
-METRIC_KEYS = {"n", "accuracy", "accuracy_tta", "per_class", "per_class_tta", "confusion"}
+VIEWS = ("", "_tta", "_tta_translate")
+METRIC_KEYS = {"n", "confusion"} | {f"{kind}{view}" for kind in ("accuracy", "per_class") for view in VIEWS}
 
 
 def random_predictions(labels: np.ndarray, seed: int = 0) -> Predictions:
-    """Two unrelated random views (plain, TTA), each right on about half of the images."""
+    """Three unrelated random views (plain, flip TTA, flip + translation TTA), each right on about half."""
     rng = np.random.default_rng(seed)
     views = []
-    for _ in range(2):
+    for _ in VIEWS:
         probs = rng.dirichlet(np.ones(NUM_CLASSES), len(labels))
         right = rng.random(len(labels)) < 0.5
         probs[right, labels[right]] += 1.0
@@ -67,7 +68,7 @@ def test_confusion_counts_rows_are_true_classes_and_columns_predictions() -> Non
     assert matrix[0, 1] == 2 and matrix[1, 2] == 1 and matrix[9, 9] == 1
 
 
-def test_report_holds_single_view_confusion_and_both_per_class_accuracies() -> None:
+def test_report_holds_single_view_confusion_and_every_views_per_class_accuracies() -> None:
     labels = np.random.default_rng(1).integers(0, NUM_CLASSES, 500)
     preds = random_predictions(labels)
     report = json.loads(json.dumps(preds.report()))  # as model.json stores it
@@ -76,6 +77,7 @@ def test_report_holds_single_view_confusion_and_both_per_class_accuracies() -> N
     assert report["confusion"] != counted_by_hand(labels, preds.probs_tta.argmax(1))  # the views differ
     assert report["per_class"] == per_class_by_hand(labels, preds.probs.argmax(1))
     assert report["per_class_tta"] == per_class_by_hand(labels, preds.probs_tta.argmax(1))
+    assert report["per_class_tta_translate"] == per_class_by_hand(labels, preds.probs_tta_translate.argmax(1))
     assert list(report["per_class"]) == list(CLASS_NAMES)
 
 
