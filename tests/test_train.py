@@ -265,3 +265,12 @@ def test_sample_grid_draws_from_every_part_of_a_class_sorted_folder(image_folder
     monkeypatch.setattr("era_utils.plots.image_grid", lambda images, captions, path, **kw: shown.update(c=captions))
     save_samples(build_datamodule(_cfg(image_folder, tmp_path)), tmp_path / "samples.png", n=8)
     assert len(shown["c"]) == 8 and len(set(shown["c"])) >= 4
+
+
+def test_the_initial_weights_follow_the_seed_and_leave_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(123)
+    first, again, other = (_flat_weights(build_net(TrainConfig(seed=s))) for s in (1, 1, 2))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(torch.rand(3), expected_draw)
