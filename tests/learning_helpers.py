@@ -137,20 +137,15 @@ class SquaresFit:
     squares: Squares
 
 
+def cpu_config(data_dir: Path, out: Path, **overrides: object) -> TrainConfig:
+    """The default recipe at max LR 0.01 in fp32 on one CPU process without workers: the same on every runner."""
+    base = dict(data_dir=str(data_dir), out=str(out), max_lr=0.01, num_workers=0, precision="32-true")
+    return TrainConfig(**(base | {"accelerator": "cpu", "devices": "1"} | overrides))
+
+
 def fit_squares(squares: Squares, out: Path, seed: int = 0, epochs: int = 3, batch_size: int = 20) -> SquaresFit:
     """A short fit with the default recipe (fp32, CPU, one device: the same on every runner), then its test."""
-    cfg = TrainConfig(
-        data_dir=str(squares.root),
-        out=str(out),
-        epochs=epochs,
-        batch_size=batch_size,
-        max_lr=0.01,
-        num_workers=0,
-        accelerator="cpu",
-        devices="1",
-        precision="32-true",
-        seed=seed,
-    )
+    cfg = cpu_config(squares.root, out, epochs=epochs, batch_size=batch_size, seed=seed)
     dm = build_datamodule(cfg)
     L.seed_everything(seed)
     recorder = Recorder(cfg.ema_decay)

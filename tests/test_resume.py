@@ -6,10 +6,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from learning_helpers import cpu_config
 from torch.utils.data import DataLoader
 
 from era_utils.data import CIFAR10DataModule
-from era_utils.train import TrainConfig, build_datamodule, build_net, fit
+from era_utils.train import build_datamodule, build_net, fit
 
 EPOCHS, STEPS_PER_EPOCH = 2, 5  # 40 training images in batches of 8
 
@@ -31,19 +32,7 @@ class RecordStart(L.Callback):
 
 
 def _fit(image_folder: Path, out: Path, resume: bool = False, callbacks: tuple[L.Callback, ...] = ()) -> L.Trainer:
-    cfg = TrainConfig(
-        data_dir=str(image_folder),
-        out=str(out),
-        epochs=EPOCHS,
-        batch_size=8,
-        max_lr=0.01,
-        ema_decay=0.9,
-        num_workers=0,
-        accelerator="cpu",
-        devices="1",
-        precision="32-true",
-        resume=resume,
-    )
+    cfg = cpu_config(image_folder, out, epochs=EPOCHS, batch_size=8, ema_decay=0.9, resume=resume)
     L.seed_everything(cfg.seed)  # the initial weights; a resumed run replaces them with the checkpoint's
     trainer, _ = fit(cfg, build_net(cfg), build_datamodule(cfg), cfg.max_lr, extra_callbacks=callbacks)
     return trainer
