@@ -39,7 +39,6 @@ from inference import (
     parse_choice,
     parse_float,
     parse_int,
-    parse_layer,
 )
 
 log = logging.getLogger("space_app")
@@ -210,7 +209,7 @@ class SpaceApp:
     ) -> tuple[bool, int, str, float, str]:
         show = parse_bool(show_cam, "Show heatmaps")
         n = parse_int(count, "The number of images", 1, count_max) if count_max else 0
-        name = parse_layer(layer, list(self.clf.layers))
+        name = parse_choice(layer, "Grad-CAM layer", list(self.clf.layers))
         alpha = parse_float(opacity, "Heatmap opacity", 0.0, 1.0)
         return show, n, name, alpha, parse_choice(method, "explanation method", list(METHODS))
 

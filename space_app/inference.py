@@ -284,10 +284,8 @@ class Classifier:
         self, images: np.ndarray, targets: Sequence[int], layer: str, *, method: str = DEFAULT_METHOD
     ) -> np.ndarray:
         """Heatmaps (N, S, S) in [0, 1] of `method` (Grad-CAM by default) for each image and its target class."""
-        if layer not in self.layers:
-            raise InputError(f"Unknown layer {layer!r}; choose one of: {', '.join(self.layers)}.")
-        if method not in METHODS:
-            raise InputError(f"Unknown explanation method {method!r}; choose one of: {', '.join(METHODS)}.")
+        parse_choice(layer, "layer", list(self.layers))
+        parse_choice(method, "explanation method", list(METHODS))
         # The weights are frozen, so the graph the CAM back-propagates through starts at the input.
         x = self.to_tensor(images).requires_grad_(True)
         with self._lock:
@@ -391,10 +389,4 @@ def parse_choice(value: Any, what: str, choices: Sequence[str]) -> str:
     """One of `choices`, e.g. a method or class name, spelled exactly."""
     if not isinstance(value, str) or value not in choices:
         raise InputError(f"Unknown {what} {value!r}; choose one of: {', '.join(choices)}.")
-    return value
-
-
-def parse_layer(value: Any, layers: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in layers:
-        raise InputError(f"Unknown Grad-CAM layer {value!r}; choose one of: {', '.join(layers)}.")
     return value
