@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from era_utils.config import CLASS_NAMES, IMAGE_SIZE
-from era_utils.transforms import test_transforms, train_transforms
+from era_utils.transforms import FLIPS, test_transforms, train_transforms
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -49,15 +49,31 @@ class ArrayDataset(Dataset):
     index means epoch 0) is augmented with random draws seeded by (seed, epoch, index): the same in every worker
     process and after a resume, which a pipeline's own random state is not (it is copied into each worker, and
     not saved in checkpoints).
+
+    `alternating_flip` (airbench's flip, which needs a `seed`): each image is mirrored or not at random in epoch 0
+    and the other way round in every next epoch, so every two epochs show it both ways, which a random flip
+    does only by chance. Mirroring before the pipeline is the same as after it: reflect padding, the crop's
+    offset and the cutout's place are all symmetric.
     """
 
-    def __init__(self, split: Split, transform: A.Compose, seed: int | None = None) -> None:
+    def __init__(
+        self, split: Split, transform: A.Compose, seed: int | None = None, alternating_flip: bool = False
+    ) -> None:
+        if alternating_flip and seed is None:
+            raise ValueError("alternating_flip needs a seed: the first epoch's flips are drawn from it")
         self.split = split
         self.transform = transform
         self.seed = seed
+        self.first_flips = (
+            np.random.default_rng(derived_seed(seed)).integers(0, 2, len(split.labels)) if alternating_flip else None
+        )
 
     def __len__(self) -> int:
         return len(self.split.labels)
+
+    def mirrored(self, index: int, epoch: int) -> bool:
+        """Whether alternating flip mirrors image `index` in epoch `epoch`."""
+        return self.first_flips is not None and bool((self.first_flips[index] + epoch) % 2)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
@@ -65,7 +81,10 @@ class ArrayDataset(Dataset):
             seed = derived_seed(self.seed, epoch, index)
             # One stream shared by all the transforms (Compose(seed=...) would give each the same stream).
             self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
-        return self.transform(image=self.split.images[index])["image"], int(self.split.labels[index])
+        image = self.split.images[index]
+        if self.mirrored(index, epoch):
+            image = np.ascontiguousarray(image[:, ::-1])
+        return self.transform(image=image)["image"], int(self.split.labels[index])
 
 
 class EpochShuffle(Sampler[tuple[int, int]]):
@@ -158,14 +177,18 @@ class CIFAR10DataModule(L.LightningDataModule):
         per_class: int | None = None,
         download_root: str | Path = "data",
         seed: int = 0,
+        flip: str = "random",
     ) -> None:
         super().__init__()
+        if flip not in FLIPS:
+            raise ValueError(f"flip must be one of {', '.join(FLIPS)}, got {flip!r}")
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.per_class = per_class
         self.download_root = download_root
         self.seed = seed  # training order and augmentation are a function of (seed, epoch, index)
+        self.flip = flip
         self.train_split: Split | None = None
         self.test_split: Split | None = None
 
@@ -184,8 +207,11 @@ class CIFAR10DataModule(L.LightningDataModule):
             self.test_split = self.test_split.take_per_class(self.per_class)
 
     def train_dataset(self, transform: A.Compose | None = None) -> ArrayDataset:
+        """The training split with `transform` (default: the training augmentation) and the chosen flip."""
         self.setup()
-        return ArrayDataset(self.train_split, transform or train_transforms(), seed=self.seed)
+        alternating = self.flip == "alternating"
+        transform = transform or train_transforms(random_flip=not alternating)
+        return ArrayDataset(self.train_split, transform, seed=self.seed, alternating_flip=alternating)
 
     def test_dataset(self) -> ArrayDataset:
         self.setup()

@@ -35,7 +35,7 @@ from era_utils.lit_module import LitClassifier
 from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.misclassified import caption, confident_mistakes, export_misclassified, save_store
 from era_utils.model import CustomResNet
-from era_utils.transforms import denormalize
+from era_utils.transforms import FLIPS, denormalize
 
 # The fewest batches from which torch-lr-finder can suggest a learning rate (it skips the first 10 and last 5).
 FAST_DEV_LR_FIND_ITERS = 20
@@ -78,6 +78,7 @@ class TrainConfig:
     logit_scale: float = 0.125  # Page's output scaling; slows the last layer under Adam
     ema_decay: float = 0.995  # per-step EMA of weights and BN buffers, with warm-up; 0 turns it off
     pct_start: float = 5 / 24  # warm-up share of OneCycle: 5 of 24 epochs
+    flip: str = "random"  # "random" (p = 0.5) or "alternating" (airbench's: the other way round each epoch)
     lr_find_iters: int = 200
     accelerator: str = "auto"
     devices: str = "auto"
@@ -93,6 +94,8 @@ class TrainConfig:
     app_dir: str | None = None  # where weights, examples and the misclassified store go; None: `out`
 
     def __post_init__(self) -> None:
+        if self.flip not in FLIPS:
+            raise ConfigError(f"flip must be one of {', '.join(FLIPS)}, got {self.flip!r}")
         for name, (valid, must_be) in VALID_RANGES.items():
             value = getattr(self, name)
             if value is None:
@@ -153,7 +156,7 @@ def default_precision(cfg: TrainConfig) -> str:
 
 def build_datamodule(cfg: TrainConfig) -> CIFAR10DataModule:
     dm = CIFAR10DataModule(
-        cfg.data_dir, cfg.batch_size, cfg.num_workers, cfg.per_class, cfg.download_root, seed=cfg.seed
+        cfg.data_dir, cfg.batch_size, cfg.num_workers, cfg.per_class, cfg.download_root, cfg.seed, cfg.flip
     )
     dm.prepare_data()
     dm.setup()
@@ -358,6 +361,14 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     p.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
     p.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="0 turns the weight EMA off")
+    p.add_argument("--pct-start", type=float, default=defaults.pct_start, help="OneCycle's warm-up share of the steps")
+    p.add_argument(
+        "--flip",
+        choices=FLIPS,
+        default=defaults.flip,
+        help="random: each training image mirrored with p = 0.5; alternating: at random in the first epoch, "
+        "then the other way round in every next one (airbench)",
+    )
     p.add_argument("--lr-find-iters", type=int, default=defaults.lr_find_iters)
     p.add_argument("--accelerator", default=defaults.accelerator)
     p.add_argument("--devices", default=defaults.devices)

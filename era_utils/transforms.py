@@ -9,6 +9,9 @@ from era_utils.config import CIFAR_MEAN, CIFAR_STD, IMAGE_SIZE
 
 PAD = 4
 CUTOUT_SIZE = 8
+# How training images are mirrored: "random", each with p = 0.5 by the pipeline; "alternating", airbench's,
+# by the dataset: at random in the first epoch, then the other way round in every next one.
+FLIPS: tuple[str, ...] = ("random", "alternating")
 # Cutout fills with the mean colour, which is zero after normalization.
 MEAN_PIXEL = tuple(round(m * 255) for m in CIFAR_MEAN)
 
@@ -17,13 +20,17 @@ def normalize() -> A.Compose:
     return A.Compose([A.Normalize(mean=CIFAR_MEAN, std=CIFAR_STD, max_pixel_value=255.0), ToTensorV2()])
 
 
-def train_transforms() -> A.Compose:
-    """Page's augmentation: reflect-pad 4 + random 32x32 crop, horizontal flip, one 8x8 cutout."""
+def train_transforms(random_flip: bool = True) -> A.Compose:
+    """Page's augmentation: reflect-pad 4 + random 32x32 crop, horizontal flip, one 8x8 cutout.
+
+    `random_flip=False` leaves the flip out, for a dataset that mirrors the images itself (alternating flip).
+    """
+    flip = [A.HorizontalFlip(p=0.5)] if random_flip else []
     return A.Compose(
         [
             A.PadIfNeeded(IMAGE_SIZE + 2 * PAD, IMAGE_SIZE + 2 * PAD, border_mode=cv2.BORDER_REFLECT_101),
             A.RandomCrop(IMAGE_SIZE, IMAGE_SIZE),
-            A.HorizontalFlip(p=0.5),
+            *flip,
             A.CoarseDropout(
                 num_holes_range=(1, 1),
                 hole_height_range=(CUTOUT_SIZE, CUTOUT_SIZE),

@@ -100,10 +100,22 @@ def test_cli_flags_reach_the_config():
             "5",
             "--batch-size",
             "64",
+            "--pct-start",
+            "0.3",
+            "--flip",
+            "alternating",
         ]
     )
     assert (cfg.devices, cfg.strategy, cfg.num_nodes, cfg.precision, cfg.resume) == ("2", "ddp", 3, "32", True)
-    assert (cfg.max_lr, cfg.seed, cfg.epochs, cfg.batch_size) == (0.02, 7, 5, 64)
+    assert (cfg.max_lr, cfg.seed, cfg.epochs, cfg.batch_size, cfg.pct_start) == (0.02, 7, 5, 64, 0.3)
+    assert cfg.flip == "alternating"
+
+
+def test_the_flip_choice_reaches_the_training_data(image_folder):
+    dm = build_datamodule(TrainConfig(data_dir=str(image_folder), flip="alternating", seed=5, num_workers=0))
+    dataset = dm.train_dataset()
+    assert (dm.flip, dataset.seed) == ("alternating", 5)
+    assert dataset.mirrored(0, 0) != dataset.mirrored(0, 1)
 
 
 @pytest.mark.parametrize(
@@ -135,6 +147,8 @@ def test_config_ranges_hold_outside_the_cli_too_and_accept_their_edges():
         TrainConfig(label_smoothing=1.0)
     with pytest.raises(ConfigError, match="epochs must be a number, got '24'"):  # e.g. the notebook's OVERRIDES
         TrainConfig(epochs="24")
+    with pytest.raises(ConfigError, match="flip must be one of random, alternating, got 'vertical'"):
+        TrainConfig(flip="vertical")
     edge = TrainConfig(ema_decay=0.0, label_smoothing=0.0, weight_decay=0.0, num_workers=0, n_misclassified=0)
     assert (edge.ema_decay, edge.label_smoothing) == (0.0, 0.0)
 
