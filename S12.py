@@ -140,7 +140,9 @@ trainer, lit = fit(cfg, net, dm, max_lr)
 history = epoch_table(Path(trainer.logger.log_dir) / "metrics.csv")
 plots.training_curves(history, cfg.images_dir / "training_curves.png")
 display(Image(filename=cfg.images_dir / "training_curves.png"))
-history.style.format({"lr": "{:.2e}", "train_loss": "{:.4f}", "val_loss": "{:.4f}", "train_acc": "{:.2%}", "val_acc": "{:.2%}"})
+history.style.format(
+    {"lr": "{:.2e}", "train_loss": "{:.4f}", "val_loss": "{:.4f}", "train_acc": "{:.2%}", "val_acc": "{:.2%}"}
+)
 
 # %% [markdown]
 # ## Test accuracy
@@ -174,7 +176,9 @@ idx = confident_mistakes(preds.labels, preds.probs, 10)
 images = torch.stack([dm.test_dataset()[i][0] for i in idx])
 predicted = preds.probs[idx].argmax(1)
 captions = [caption(preds.labels[i], p, preds.probs[i].max()) for i, p in zip(idx, predicted)]
-gradcam_grid(lit.net, images, captions, ["layer1.residual", "layer3.residual"], predicted, 0.5, cfg.images_dir / "gradcam.png")
+gradcam_grid(
+    lit.net, images, captions, ["layer1.residual", "layer3.residual"], predicted, 0.5, cfg.images_dir / "gradcam.png"
+)
 display(Image(filename=cfg.images_dir / "gradcam.png"))
 
 # %% [markdown]
