@@ -3,8 +3,10 @@
 python scripts/readme_tables.py model              # layers, output shapes, parameters, receptive field
 python scripts/readme_tables.py epochs             # per-epoch log from logs/metrics.csv
 python scripts/readme_tables.py classes EVAL.json  # per-class accuracy from era_utils.evaluate's output
+                                                   # (or from space_app/model.json, which carries it)
 python scripts/readme_tables.py misclassified      # the first ten of misclassified_images/, captioned
 python scripts/readme_tables.py sweep RESULTS.jsonl  # short tuning runs from benchmarks/hparam_sweep.py
+python scripts/readme_tables.py runs RESULTS.jsonl   # notebook runs from benchmarks/notebook_run.py
 """
 
 import json
@@ -82,6 +84,7 @@ def epochs_table(csv: str = "logs/metrics.csv") -> str:
 
 def classes_table(evaluate_json: str) -> str:
     report = json.loads(Path(evaluate_json).read_text())
+    report = report.get("metrics", report)  # space_app/model.json carries the same report under "metrics"
     views = ("", "_tta", "_tta_translate")
     lines = ["| class | single view | flip TTA | flip + translation TTA |", "|---|---:|---:|---:|"]
     for name in CLASS_NAMES:
@@ -117,6 +120,37 @@ def sweep_table(results_jsonl: str) -> str:
     return "\n".join(lines)
 
 
+def cell(value: object, fmt: str = "{}") -> str:
+    """`value` formatted, or a dash where a run could not tell (a failed run's accuracy, an old run's CPU)."""
+    return "—" if value is None else fmt.format(value)
+
+
+def run_changes(r: dict) -> str:
+    """What a notebook run changed from the recipe: its overrides (a smoke run's included), then its max LR."""
+    parameters = r.get("parameters") or {}
+    overrides = r["overrides"] if r.get("overrides") is not None else parameters.get("OVERRIDES", {})
+    changes = ["smoke"] if parameters.get("SMOKE") else []
+    changes += [f"{k}={v}" for k, v in sorted(overrides.items())]
+    max_lr = r["max_lr"] if r.get("max_lr") is not None else parameters.get("MAX_LR")
+    finder = " (LR finder)" if parameters and parameters.get("MAX_LR") is None else ""
+    return ", ".join([*changes, f"max LR {cell(max_lr, '{:g}')}{finder}"])
+
+
+def runs_table(results_jsonl: str) -> str:
+    runs = [json.loads(line) for line in Path(results_jsonl).read_text().splitlines() if line.strip()]
+    lines = [
+        "| run | what changed | seed | epochs | CPU | minutes | single view | flip TTA | flip + translation TTA "
+        "| last train acc | status |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    accuracies = ("accuracy", "accuracy_tta", "accuracy_tta_translate", "last_train_acc")
+    for r in runs:
+        cells = [r["name"], run_changes(r), *(cell(r.get(k)) for k in ("seed", "epochs", "cpu_capability"))]
+        cells += [cell(r.get("minutes"), "{:.1f}"), *(cell(r.get(k), "{:.2%}") for k in accuracies), r["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     what, *args = sys.argv[1:] or ["model"]
     print(
@@ -126,5 +160,6 @@ if __name__ == "__main__":
             "classes": classes_table,
             "misclassified": misclassified_table,
             "sweep": sweep_table,
+            "runs": runs_table,
         }[what](*args)
     )

@@ -1,13 +1,27 @@
-"""The notebook stays paired with its script and runs end to end in smoke mode (as CI runs it)."""
+"""The notebook stays paired with its script and runs end to end in smoke mode (as CI runs it), executed once,
+through benchmarks/notebook_run.py: the run leaves the repository alone, its JSON line says what its files
+say, and `ship` refuses it, or with --force ships exactly its artifacts into a copy of the repository."""
 
+import hashlib
 import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import jupytext
-import papermill
+import pandas as pd
+import pytest
+import torch
+from test_notebook_run import runner
+
+from era_utils.train import TrainConfig, default_precision
 
 # What a training run writes: figures, weights, stores, checkpoints, CSV logs, downloads.
 ARTIFACT_SUFFIXES = {".png", ".safetensors", ".npz", ".ckpt", ".csv", ".gz", ".ipynb"}
+# One CPU process, as in the other training tests: "auto" would mean GPU or DDP on some runners.
+OVERRIDES = {"accelerator": "cpu", "devices": "1", "label_smoothing": 0.2}
 
 
 def _code_cells(notebook) -> list[str]:
@@ -35,30 +49,119 @@ def test_notebook_and_its_script_hold_the_same_code(repo):
     assert _code_cells(jupytext.read(repo / "S12.ipynb")) == _code_cells(jupytext.read(repo / "S12.py"))
 
 
-def test_notebook_runs_in_smoke_mode_without_touching_the_repository(repo, image_folder, tmp_path):
-    out = tmp_path / "out"
+@dataclass
+class SmokeRun:
+    exit_code: int
+    run_dir: Path
+    runs_root: Path
+    results: Path
+    changed_in_repo: list[str]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(repo, image_folder, tmp_path_factory) -> SmokeRun:
+    """The notebook's one execution: `notebook_run.py run smoke --smoke`, its runs and results in a temporary folder."""
+    root = tmp_path_factory.mktemp("notebook_runs")
+    runs_root, results = root / "runs", root / "notebook_runs.jsonl"
+    sets = [f"{k}={v}" for k, v in OVERRIDES.items()]
+    argv = ["run", "smoke", "--smoke", "--data-dir", str(image_folder), "--set", *sets]
     before = artifacts(repo)
-    papermill.execute_notebook(
-        str(repo / "S12.ipynb"),
-        str(tmp_path / "executed.ipynb"),
-        parameters={
-            "SMOKE": True,
-            "OUT": str(out),
-            "DATA_DIR": str(image_folder),
-            # One CPU process, as in the other training tests: "auto" would mean GPU or DDP on some runners.
-            "OVERRIDES": {"label_smoothing": 0.2, "accelerator": "cpu", "devices": "1"},
-        },
-        cwd=str(repo),
-        progress_bar=False,
-    )
-    executed = json.loads((tmp_path / "executed.ipynb").read_text())
+    code = runner.main([*argv, "--runs-root", str(runs_root), "--results", str(results)])
+    after = artifacts(repo)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    return SmokeRun(code, runs_root / "smoke", runs_root, results, changed)
+
+
+def test_notebook_runs_in_smoke_mode_without_touching_the_repository(smoke_run):
+    assert smoke_run.exit_code == 0
+    executed = json.loads((smoke_run.run_dir / "S12.ipynb").read_text())
     outputs = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o["output_type"] == "error"]
     shown = "".join("".join(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "label_smoothing=0.2" in shown, "OVERRIDES did not reach the TrainConfig the notebook shows"
+    assert "out='.'" in shown, "the run's notebook did not write its outputs where the committed one did"
     for name in ("augmented_samples", "lr_finder", "training_curves", "confusion_matrix", "gradcam"):
-        assert (out / "images" / f"{name}.png").is_file()
-    assert (out / "space_app" / "model.safetensors").is_file() and (out / "space_app" / "model.json").is_file()
-    after = artifacts(repo)
-    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    assert not changed, f"the notebook wrote into the repository: {changed}"
+        assert (smoke_run.run_dir / "images" / f"{name}.png").is_file()
+    assert (smoke_run.run_dir / "space_app" / "model.safetensors").is_file()
+    assert "Ending Cell" in (smoke_run.run_dir / "papermill.log").read_text()
+    assert not smoke_run.changed_in_repo, f"the notebook wrote into the repository: {smoke_run.changed_in_repo}"
+
+
+def test_the_run_is_recorded_as_its_files_say(smoke_run, image_folder):
+    lines = smoke_run.results.read_text().splitlines()
+    line = json.loads(lines[0])
+    assert len(lines) == 1
+    model = json.loads((smoke_run.run_dir / "space_app" / "model.json").read_text())
+    meta = json.loads((smoke_run.run_dir / "S12.ipynb").read_text())["metadata"]["papermill"]
+    log = pd.read_csv(smoke_run.run_dir / "logs" / "metrics.csv")
+    metrics = model["metrics"]
+    assert [line[k] for k in ("accuracy", "accuracy_tta", "accuracy_tta_translate", "n_test")] == [
+        metrics[k] for k in ("accuracy", "accuracy_tta", "accuracy_tta_translate", "n")
+    ]
+    assert line["last_train_acc"] == round(log["train/acc"].dropna().iloc[-1], 4)
+    assert line["last_val_acc"] == round(log["val/acc"].dropna().iloc[-1], 4)
+    assert line["minutes"] == round(meta["duration"] / 60, 2) and line["start_time"] == meta["start_time"]
+    smoke = {"per_class": 20, "lr_find_iters": 20}  # what SMOKE changes, besides the epochs
+    assert [line[k] for k in ("epochs", "seed", "max_lr", "overrides")] == [1, 42, 0.01, OVERRIDES | smoke]
+    parameters = {"DATA_DIR": str(image_folder), "SMOKE": True, "MAX_LR": 0.01, "OVERRIDES": OVERRIDES}
+    assert line["parameters"] == meta["parameters"] == parameters
+    assert line["precision"] == default_precision(TrainConfig(accelerator="cpu"))
+    assert line["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and line["torch"] == torch.__version__
+    assert subprocess.run(["git", "cat-file", "-e", line["git_commit"]], cwd=runner.REPO).returncode == 0
+    assert line["status"] == "ok" and line["error"] is None and isinstance(line["git_dirty"], bool)
+
+
+def test_the_notebook_writes_what_ship_copies_and_checkpoints(smoke_run):
+    meta = json.loads((smoke_run.run_dir / "S12.ipynb").read_text())["metadata"]["papermill"]
+    start = datetime.fromisoformat(meta["start_time"])
+    written = {
+        str(p.relative_to(smoke_run.run_dir))
+        for p in smoke_run.run_dir.rglob("*")
+        if p.is_file() and p.stat().st_mtime >= start.timestamp() and "__pycache__" not in p.parts
+    }
+    # Every artifact comes from the run (none from the copied repository), and what is not shipped is known.
+    assert written == set(runner.artifacts(smoke_run.run_dir)) | {"checkpoints/last.ckpt", "papermill.log"}
+    assert set(runner.ARTIFACT_FILES) <= written
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def repo_copy(repo, tmp_path) -> Path:
+    """The repository's tracked files, artifacts included: `ship` goes there, never into the repository."""
+    names = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
+    for name in names:
+        if (repo / name).is_file():
+            (tmp_path / "repo" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / name, tmp_path / "repo" / name)
+    return tmp_path / "repo"
+
+
+def ship(smoke_run: SmokeRun, repo: Path, *flags: str) -> int:
+    return runner.main(["ship", "smoke", "--runs-root", str(smoke_run.runs_root), "--repo", str(repo), *flags])
+
+
+def test_ship_refuses_a_run_that_does_not_beat_the_committed_model(smoke_run, repo_copy):
+    before = digests(repo_copy)
+    with pytest.raises(SystemExit, match="does not beat the committed"):
+        ship(smoke_run, repo_copy)
+    assert digests(repo_copy) == before
+
+
+def test_ship_force_copies_exactly_the_runs_artifacts_and_removes_stale_ones(smoke_run, repo_copy):
+    stale = ["misclassified_images/99_cat_as_dog_99pct.png", "space_app/examples/old.png"]
+    for name in stale:
+        (repo_copy / name).write_bytes(b"stale")
+    before, run = digests(repo_copy), digests(smoke_run.run_dir)
+    assert ship(smoke_run, repo_copy, "--force") == 0
+    after = digests(repo_copy)
+    shipped = set(runner.artifacts(smoke_run.run_dir))
+    replaced = {p for p in before if p.rpartition("/")[0] in runner.ARTIFACT_DIRS}  # committed names and stale
+    assert set(after) == (set(before) - replaced) | shipped
+    new = {p.rpartition("/")[0] for p in set(after) - set(before)}
+    assert new <= {"misclassified_images", "space_app/examples"}, f"ship added files elsewhere: {new}"
+    assert {p: after[p] for p in shipped} == {p: run[p] for p in shipped}
+    assert all(after[p] == before[p] for p in after if p not in shipped), "ship changed a file it does not own"
+    assert "images/space_app.png" in after and not set(stale) & set(after)

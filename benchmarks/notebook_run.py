@@ -1,0 +1,410 @@
+"""Training candidates as notebook runs: run S12.ipynb in a copy of the repository, record it, ship a winner.
+
+A candidate runs in runs/notebooks/NAME/ (git-ignored): a copy of the repository's files (tracked, or untracked
+and not ignored) without the notebook's outputs, run with OUT="." as the committed run was. Its notebook and
+artifacts have the committed ones' paths, so a winner can be committed as it is. Every run, failed ones too,
+appends one JSON line to benchmarks/results/notebook_runs.jsonl; `python scripts/readme_tables.py runs FILE`
+shows them as a table.
+
+    # a 24-epoch candidate (max LR 0.01 unless --max-lr; follow it with tail -f runs/notebooks/wd02/papermill.log)
+    python benchmarks/notebook_run.py run wd02 --data-dir ../shared/data/cifar10-jpeg --set weight_decay=0.2
+    # a smoke run (20 images per class, one epoch): checks the tooling in about a minute
+    python benchmarks/notebook_run.py run smoke --data-dir ../shared/data/cifar10-jpeg --smoke
+    # the line of a notebook directory executed before (here the committed run; what it cannot tell is null)
+    python benchmarks/notebook_run.py record committed-baseline --from .
+    # copy the run's notebook and artifacts into the repository, if it beats the committed single view
+    python benchmarks/notebook_run.py ship wd02
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import papermill
+import torch
+from papermill.exceptions import PapermillExecutionError
+
+from era_utils.history import epoch_table
+from era_utils.train import ConfigError, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = "S12.ipynb"
+RUNS_ROOT = REPO / "runs" / "notebooks"
+RESULTS = REPO / "benchmarks" / "results" / "notebook_runs.jsonl"
+
+# What the notebook writes with OUT="." and the repository tracks: these files, and every PNG of these folders
+# (their names change from run to run). Not checkpoints/ (git-ignored), nor images/space_app.png (the app's
+# screenshot, from scripts/screenshot_app.py).
+PLOTS = ("augmented_samples", "lr_finder", "training_curves", "confusion_matrix", "per_class_accuracy")
+ARTIFACT_FILES = (
+    NOTEBOOK,
+    *(f"images/{name}.png" for name in (*PLOTS, "misclassified", "gradcam")),
+    "logs/metrics.csv",
+    "logs/hparams.yaml",
+    "space_app/model.safetensors",
+    "space_app/model.json",
+    "space_app/misclassified.npz",
+)
+ARTIFACT_DIRS = ("misclassified_images", "space_app/examples")
+
+# TrainConfig fields that the notebook's own parameters set: OVERRIDES repeating one would be a TypeError.
+NOTEBOOK_SETS = {"data_dir", "out", "epochs", "max_lr", "per_class", "lr_find_iters", "app_dir"}
+SETTABLE = {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.name not in NOTEBOOK_SETS}
+# Where a run's files are, not how it trained; seed, epochs and max_lr have columns of their own.
+NOT_OVERRIDES = {"data_dir", "download_root", "out", "app_dir", "seed", "epochs", "max_lr"}
+
+
+def parse_value(name: str, text: str) -> object:
+    """`text` as the type of TrainConfig's field `name`: "1" stays a string for `devices`, "none" is None."""
+    kinds = typing.get_args(SETTABLE[name]) or (SETTABLE[name],)
+    if type(None) in kinds and text.lower() in ("none", "null"):
+        return None
+    if bool in kinds and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float, str):
+        if kind in kinds:
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+    raise SystemExit(f"--set {name}={text}: expected {' or '.join(k.__name__ for k in kinds)}")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`["weight_decay=0.2", "devices=1"]` -> OVERRIDES, each key a TrainConfig field and each value in range."""
+    overrides = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if name in NOTEBOOK_SETS:
+            raise SystemExit(f"--set {name}: the notebook's own parameters set it (see --data-dir, --max-lr, --smoke)")
+        if not sep or name not in SETTABLE:
+            raise SystemExit(f"--set {item}: expected NAME=VALUE, NAME one of {', '.join(SETTABLE)}")
+        overrides[name] = parse_value(name, text)
+    try:
+        TrainConfig(**overrides)
+    except ConfigError as err:
+        raise SystemExit(f"--set: {err}") from None
+    return overrides
+
+
+def max_lr_arg(text: str) -> float | None:
+    if text == "finder":
+        return None
+    if float(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be positive, or 'finder'")
+    return float(text)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def printed(notebook: dict, pattern: str) -> str | None:
+    """The first match of `pattern` in the notebook's printed output (the setup cell prints torch and precision)."""
+    for cell in notebook.get("cells", []):
+        for output in cell.get("outputs", []):
+            found = re.search(pattern, "".join(output.get("text", "")))
+            if found:
+                return found.group(1)
+    return None
+
+
+def last_epoch(metrics_csv: Path) -> dict:
+    """The last epoch's train and val accuracy from Lightning's CSV log; None without a log."""
+    table = epoch_table(metrics_csv) if metrics_csv.is_file() else None
+    if table is None or table.empty:
+        return {"last_train_acc": None, "last_val_acc": None}
+    last = table.iloc[-1]
+    return {f"last_{k}": None if pd.isna(last.get(k)) else round(float(last[k]), 4) for k in ("train_acc", "val_acc")}
+
+
+def overrides_of(training: dict) -> dict:
+    """The fields of a run's training config that differ from TrainConfig's defaults (what the run changed)."""
+    defaults = dataclasses.asdict(TrainConfig())
+    return {k: v for k, v in training.items() if k in defaults and k not in NOT_OVERRIDES and v != defaults[k]}
+
+
+def cli_parameter(name: str, value: object) -> list[str]:
+    """papermill's command-line option for one parameter: -y for dicts, -r for strings -p would retype."""
+    if isinstance(value, dict | list):
+        return ["-y", json.dumps({name: value})]
+    if isinstance(value, str) and (value in ("True", "False", "None") or re.fullmatch(r"[-+.\deE]+", value)):
+        return ["-r", name, value]
+    return ["-p", name, str(value)]
+
+
+def papermill_command(meta: dict) -> str:
+    """The papermill command that executes the notebook as papermill's metadata says it was executed."""
+    words = ["papermill", meta["input_path"], meta["output_path"]]
+    for name, value in meta.get("parameters", {}).items():
+        words += cli_parameter(name, value)
+    return shlex.join(words)
+
+
+def notebook_status(meta: dict) -> str:
+    if not meta:
+        return "not run"
+    if meta.get("exception"):
+        return "failed"
+    return "ok" if meta.get("end_time") else "unfinished"
+
+
+def build_record(name: str, run_dir: Path) -> dict:
+    """One JSON line from an executed notebook directory: notebook metadata and output, model.json, metrics.csv.
+
+    What the directory cannot tell (the machine, the git commit) is None; `run` fills it in.
+    """
+    notebook = read_json(run_dir / NOTEBOOK)
+    meta = notebook.get("metadata", {}).get("papermill", {})
+    model = read_json(run_dir / "space_app" / "model.json")
+    metrics, training = model.get("metrics", {}), model.get("training", {})
+    return {
+        "name": name,
+        "status": notebook_status(meta),
+        "accuracy": metrics.get("accuracy"),
+        "accuracy_tta": metrics.get("accuracy_tta"),
+        "accuracy_tta_translate": metrics.get("accuracy_tta_translate"),
+        "n_test": metrics.get("n"),
+        **last_epoch(run_dir / "logs" / "metrics.csv"),
+        "epochs": training.get("epochs"),
+        "seed": training.get("seed"),
+        "max_lr": training.get("max_lr"),
+        "overrides": overrides_of(training) if training else None,
+        "minutes": round(meta["duration"] / 60, 2) if meta.get("duration") is not None else None,
+        "start_time": meta.get("start_time"),
+        "end_time": meta.get("end_time"),
+        "precision": printed(notebook, r"precision: (\S+)"),
+        "torch": printed(notebook, r"torch (\S+),"),
+        "python": notebook.get("metadata", {}).get("language_info", {}).get("version"),
+        "cpu_capability": None,
+        "cpu_count": None,
+        "git_commit": None,
+        "git_dirty": None,
+        "parameters": meta.get("parameters"),
+        "papermill_command": papermill_command(meta) if meta else None,
+        "runner_command": None,
+        "directory": shown_path(run_dir),
+        "error": None,
+    }
+
+
+def shown_path(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def git(*args: str, repo: Path = REPO) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+
+def copy_repository(repo: Path, dest: Path) -> None:
+    """The working tree's files that git tracks or would (a new module not yet added: the code imports it),
+    without the notebook's outputs, so that every artifact in `dest` comes from the run. The notebook keeps its
+    code, not its old outputs."""
+    outputs = {*ARTIFACT_FILES} - {NOTEBOOK}
+    names = git("ls-files", "-z", "--cached", "--others", "--exclude-standard", repo=repo).split("\0")
+    for name in filter(None, names):
+        if name in outputs or name.rpartition("/")[0] in ARTIFACT_DIRS or not (repo / name).is_file():
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / name, dest / name)
+    notebook = nbformat.read(dest / NOTEBOOK, as_version=4)
+    notebook.metadata.pop("papermill", None)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.write(notebook, dest / NOTEBOOK)
+
+
+@contextmanager
+def working_dir(path: Path) -> Iterator[None]:
+    """cwd = `path`, so that papermill records the notebook's paths as the committed run's ("S12.ipynb")."""
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def execute(run_dir: Path, parameters: dict) -> str | None:
+    """Run the notebook in `run_dir` in place, its log in papermill.log; the error, or None."""
+    log = logging.FileHandler(run_dir / "papermill.log")
+    log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger = logging.getLogger("papermill")
+    level = logger.level
+    logger.addHandler(log)
+    logger.setLevel(logging.INFO)
+    try:
+        with working_dir(run_dir):
+            papermill.execute_notebook(NOTEBOOK, NOTEBOOK, parameters, cwd=".", progress_bar=False, log_output=True)
+    except (Exception, KeyboardInterrupt) as err:
+        if isinstance(err, PapermillExecutionError):
+            return f"{err.ename}: {err.evalue}"
+        return f"{type(err).__name__}: {err}"
+    finally:
+        logger.removeHandler(log)
+        logger.setLevel(level)
+        log.close()
+    return None
+
+
+def append(results: Path, line: dict) -> None:
+    text = json.dumps(line)
+    print(text, flush=True)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a") as f:
+        f.write(text + "\n")
+
+
+def runner_facts(parameters: dict, argv: list[str]) -> dict:
+    """What the notebook's directory does not tell: the machine, the code's commit, the commands."""
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": git("rev-parse", "HEAD").strip(),
+        "git_dirty": bool(git("status", "--porcelain").strip()),  # untracked files count: they were copied
+        "parameters": parameters,
+        "papermill_command": papermill_command(
+            {"input_path": NOTEBOOK, "output_path": NOTEBOOK, "parameters": parameters}
+        ),
+        "runner_command": shlex.join(["python", "benchmarks/notebook_run.py", *argv]),
+    }
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    """Copy, execute, record; non-zero when the notebook failed (its line is recorded all the same)."""
+    overrides = parse_overrides(args.set)
+    data_dir = Path(args.data_dir).resolve()
+    run_dir = Path(args.runs_root) / args.name
+    if not data_dir.is_dir():
+        raise SystemExit(f"--data-dir {args.data_dir}: no such folder")
+    if run_dir.exists():
+        raise SystemExit(f"{run_dir} exists: pick another NAME, or delete that run first")
+    parameters = {"DATA_DIR": str(data_dir), "SMOKE": args.smoke, "MAX_LR": args.max_lr, "OVERRIDES": overrides}
+    parameters = {k: v for k, v in parameters.items() if v}  # the rest keeps the notebook's defaults
+    copy_repository(REPO, run_dir)
+    known = runner_facts(parameters, argv)
+    print(f"running {run_dir / NOTEBOOK}; follow it with: tail -f {run_dir / 'papermill.log'}", flush=True)
+    error = execute(run_dir, parameters)
+    line = build_record(args.name, run_dir) | known
+    line["torch"] = line["torch"] or torch.__version__  # the kernel is this interpreter (the python3 kernel)
+    if error:
+        line |= {"status": "failed", "error": error}
+    append(Path(args.results), line)
+    return 1 if error else 0
+
+
+def record(args: argparse.Namespace, argv: list[str]) -> int:
+    source = Path(args.source)
+    if not (source / NOTEBOOK).is_file():
+        raise SystemExit(f"--from {source}: no {NOTEBOOK} there")
+    append(Path(args.results), build_record(args.name, source))
+    return 0
+
+
+def artifacts(root: Path) -> list[str]:
+    """The notebook's artifacts present under `root`, as paths relative to it."""
+    found = [name for name in ARTIFACT_FILES if (root / name).is_file()]
+    for folder in ARTIFACT_DIRS:
+        found += sorted(str(p.relative_to(root)) for p in (root / folder).glob("*.png"))
+    return found
+
+
+def check_shippable(run_dir: Path, repo: Path, force: bool) -> None:
+    """Refuse a failed or incomplete run, and, without `force`, one that does not beat the committed model."""
+    line = build_record(run_dir.name, run_dir)
+    if line["status"] != "ok":
+        raise SystemExit(f"{run_dir}: the notebook's status is {line['status']!r}; nothing copied")
+    missing = [name for name in ARTIFACT_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise SystemExit(f"{run_dir} lacks {', '.join(missing)}; nothing copied")
+    committed = read_json(repo / "space_app" / "model.json").get("metrics", {}).get("accuracy", 0.0)
+    if line["accuracy"] <= committed and not force:
+        raise SystemExit(
+            f"{run_dir.name}: single view {line['accuracy']:.2%} does not beat the committed {committed:.2%}; "
+            "nothing copied (--force ships it anyway)"
+        )
+
+
+def ship(args: argparse.Namespace, argv: list[str]) -> int:
+    """Replace the repository's notebook artifacts with the run's, all of them, stale ones removed."""
+    run_dir, repo = Path(args.runs_root) / args.name, Path(args.repo)
+    if not run_dir.is_dir():
+        raise SystemExit(f"{run_dir}: no such run")
+    check_shippable(run_dir, repo, args.force)
+    shipped = artifacts(run_dir)
+    for name in sorted(set(artifacts(repo)) - set(shipped)):
+        (repo / name).unlink()
+        print(f"removed {name}")
+    for name in shipped:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(run_dir / name, repo / name)
+        print(f"copied  {name}")
+    print(
+        "\nNow regenerate the README's tables and figures from the shipped run, from the repository root:\n"
+        "  python scripts/readme_tables.py epochs          # Per-epoch log\n"
+        "  python scripts/readme_tables.py classes space_app/model.json   # Results, per class\n"
+        "  python scripts/readme_tables.py misclassified   # Misclassified images\n"
+        f"  python scripts/readme_tables.py runs {shown_path(RESULTS)}   # notebook runs\n"
+        "and the figures quoted in Training, Hyperparameters and Results; then git add the files listed above."
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = p.add_subparsers(dest="command", required=True)
+    run_p = commands.add_parser("run", help="execute the notebook in runs/notebooks/NAME/ and record it")
+    run_p.add_argument("name")
+    run_p.add_argument("--data-dir", required=True, help="image folder with train/ and test/")
+    run_p.add_argument(
+        "--max-lr",
+        type=max_lr_arg,
+        default=0.01,
+        help="OneCycle max LR (default: 0.01, the committed run's); 'finder' takes the LR finder's suggestion",
+    )
+    run_p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="OVERRIDES: any other TrainConfig field, e.g. weight_decay=0.2 label_smoothing=0.2",
+    )
+    run_p.add_argument("--smoke", action="store_true", help="SMOKE: 20 images per class, one epoch")
+    record_p = commands.add_parser("record", help="record an executed notebook directory")
+    record_p.add_argument("name")
+    record_p.add_argument("--from", dest="source", required=True, help="the directory (S12.ipynb, space_app/, logs/)")
+    ship_p = commands.add_parser("ship", help="copy a run's notebook and artifacts into the repository")
+    ship_p.add_argument("name")
+    ship_p.add_argument("--force", action="store_true", help="ship even if it does not beat the committed model")
+    ship_p.add_argument("--repo", default=str(REPO), help="the repository to ship into (tests use a copy)")
+    for sub in (run_p, record_p):
+        sub.add_argument("--results", default=str(RESULTS), help="the JSON lines file to append to")
+    for sub in (run_p, ship_p):
+        sub.add_argument("--runs-root", default=str(RUNS_ROOT), help="where the runs' directories are")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    return {"run": run, "record": record, "ship": ship}[args.command](args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""benchmarks/notebook_run.py without executing the notebook: --set, refusals, a failed run's line, the line of
+the committed run, the papermill command it records, and the README's table of runs. (The smoke run that
+executes the notebook through the runner, records it and ships it is in test_notebook.py.)"""
+
+import importlib.util
+import json
+import re
+import shlex
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from papermill.cli import papermill as papermill_cli
+from papermill.exceptions import PapermillExecutionError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of benchmarks/ or scripts/ as a module (neither folder is a package)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+runner = load_script(REPO / "benchmarks" / "notebook_run.py")
+tables = load_script(REPO / "scripts" / "readme_tables.py")
+
+
+def test_set_parses_each_value_as_its_fields_type():
+    overrides = runner.parse_overrides(
+        ["weight_decay=0.2", "devices=1", "seed=7", "resume=true", "precision=none", "accelerator=cpu"]
+    )
+    assert overrides == {
+        "weight_decay": 0.2,
+        "devices": "1",  # a str field: "1" stays a string, as the notebook's OVERRIDES had it
+        "seed": 7,
+        "resume": True,
+        "precision": None,
+        "accelerator": "cpu",
+    }
+    assert [type(overrides[k]) for k in ("weight_decay", "seed")] == [float, int]
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("wieght_decay=0.2", "NAME one of .*weight_decay"),  # a typo: the valid names are listed
+        ("weight_decay", "expected NAME=VALUE"),
+        ("epochs=3", "the notebook's own parameters set it"),
+        ("max_lr=0.02", "the notebook's own parameters set it"),
+        ("seed=abc", "expected int"),
+        ("resume=maybe", "expected bool"),
+        ("label_smoothing=1.5", r"label_smoothing must be in \[0, 1\)"),
+    ],
+)
+def test_set_rejects_what_the_notebook_could_not_take(item, message):
+    with pytest.raises(SystemExit, match=message):
+        runner.parse_overrides([item])
+
+
+def run_args(tmp_path: Path, *extra: str) -> list[str]:
+    runs, results = tmp_path / "runs", tmp_path / "results.jsonl"
+    return ["run", "x", "--data-dir", str(tmp_path), "--runs-root", str(runs), "--results", str(results), *extra]
+
+
+def test_run_rejects_a_bad_set_before_anything_starts(tmp_path):
+    with pytest.raises(SystemExit, match="NAME one of"):
+        runner.main(run_args(tmp_path, "--set", "weight_decay=0.2", "bogus=1"))
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results.jsonl").exists()
+
+
+def test_run_refuses_an_existing_run_directory(tmp_path):
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="exists"):
+        runner.main(run_args(tmp_path))
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_failed_notebook_is_recorded_and_exits_non_zero(tmp_path, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise PapermillExecutionError(3, 3, "dm = build_datamodule(cfg)", "DataError", "no class folders", [])
+
+    monkeypatch.setattr(runner.papermill, "execute_notebook", fail)
+    args = run_args(tmp_path, "--set", "weight_decay=0.2")
+    assert runner.main(args) == 1
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    line = json.loads(lines[0])
+    assert len(lines) == 1 and json.loads(capsys.readouterr().out.splitlines()[-1]) == line
+    assert line["status"] == "failed" and line["error"] == "DataError: no class folders"
+    # The copy holds none of the committed run's outputs, so nothing of that run leaks into this line.
+    assert [line[k] for k in ("accuracy", "minutes", "last_train_acc", "precision")] == [None] * 4
+    assert line["cpu_capability"] and re.fullmatch(r"[0-9a-f]{40}", line["git_commit"])
+    assert line["parameters"] == {
+        "DATA_DIR": str(tmp_path.resolve()),
+        "MAX_LR": 0.01,
+        "OVERRIDES": {"weight_decay": 0.2},
+    }
+    assert line["runner_command"] == shlex.join(["python", "benchmarks/notebook_run.py", *args])
+
+
+def test_record_of_the_committed_run_reads_its_notebook_model_json_and_log(repo):
+    line = runner.build_record("committed", repo)
+    model = json.loads((repo / "space_app" / "model.json").read_text())
+    meta = json.loads((repo / "S12.ipynb").read_text())["metadata"]["papermill"]
+    log = pd.read_csv(repo / "logs" / "metrics.csv")
+    assert [line[k] for k in ("accuracy", "accuracy_tta", "accuracy_tta_translate", "n_test")] == [
+        model["metrics"][k] for k in ("accuracy", "accuracy_tta", "accuracy_tta_translate", "n")
+    ]
+    assert [line[k] for k in ("epochs", "seed", "max_lr")] == [
+        model["training"][k] for k in ("epochs", "seed", "max_lr")
+    ]
+    assert line["last_train_acc"] == round(log["train/acc"].dropna().iloc[-1], 4)
+    assert line["last_val_acc"] == round(log["val/acc"].dropna().iloc[-1], 4)
+    assert line["minutes"] == round(meta["duration"] / 60, 2)
+    assert line["parameters"] == meta["parameters"] and line["status"] == "ok"
+    assert f"precision: {line['precision']}" in json.dumps(json.loads((repo / "S12.ipynb").read_text())["cells"])
+    # What the directory cannot tell stays unknown.
+    assert [line[k] for k in ("cpu_capability", "git_commit", "git_dirty", "runner_command")] == [None] * 4
+
+
+def test_overrides_are_the_differences_from_the_defaults():
+    training = runner.dataclasses.asdict(runner.TrainConfig(weight_decay=0.2, devices="1", out="x", seed=1))
+    assert runner.overrides_of(training | {"max_lr": 0.02, "epochs": 3}) == {"weight_decay": 0.2, "devices": "1"}
+
+
+def test_the_recorded_papermill_command_sets_the_same_parameters(repo, tmp_path):
+    parameters = {"DATA_DIR": "/data/2024", "SMOKE": True, "MAX_LR": 0.01, "OVERRIDES": {"devices": "1", "x": None}}
+    meta = {"input_path": str(repo / "S12.ipynb"), "output_path": str(tmp_path / "p.ipynb"), "parameters": parameters}
+    command = runner.papermill_command(meta)
+    result = CliRunner().invoke(papermill_cli, [*shlex.split(command)[1:], "--prepare-only"])
+    assert result.exit_code == 0, result.output
+    prepared = json.loads((tmp_path / "p.ipynb").read_text())["metadata"]["papermill"]["parameters"]
+    assert prepared == parameters
+
+
+def line_of(**fields) -> dict:
+    keys = ("seed", "epochs", "cpu_capability", "minutes", "accuracy", "accuracy_tta", "accuracy_tta_translate")
+    return {k: None for k in (*keys, "last_train_acc", "overrides", "max_lr", "parameters")} | fields
+
+
+def test_runs_table_shows_every_run_with_a_dash_for_the_unknown(tmp_path):
+    done = line_of(name="wd02", status="ok", seed=42, epochs=24, cpu_capability="AVX512", minutes=91.04,
+                   accuracy=0.9123, accuracy_tta=0.918, accuracy_tta_translate=0.92, last_train_acc=0.97,
+                   overrides={"weight_decay": 0.2}, max_lr=0.01, parameters={"MAX_LR": 0.01})  # fmt: skip
+    failed = line_of(name="ls02", status="failed", parameters={"DATA_DIR": "d", "OVERRIDES": {"label_smoothing": 0.2}})
+    (tmp_path / "runs.jsonl").write_text(json.dumps(done) + "\n" + json.dumps(failed) + "\n")
+    assert tables.runs_table(str(tmp_path / "runs.jsonl")).splitlines()[2:] == [
+        "| wd02 | weight_decay=0.2, max LR 0.01 | 42 | 24 | AVX512 | 91.0 | 91.23% | 91.80% | 92.00% | 97.00% | ok |",
+        "| ls02 | label_smoothing=0.2, max LR — (LR finder) | — | — | — | — | — | — | — | — | failed |",
+    ]
+
+
+def test_runs_table_renders_the_committed_results(repo):
+    results = repo / "benchmarks" / "results" / "notebook_runs.jsonl"
+    rows = tables.runs_table(str(results)).splitlines()[2:]
+    assert len(rows) == len(results.read_text().splitlines()) and rows[0].startswith("| committed-baseline |")
