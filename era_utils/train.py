@@ -30,6 +30,7 @@ from era_utils.config import CLASS_NAMES, NUM_CLASSES
 from era_utils.data import CIFAR10DataModule, DataError
 from era_utils.evaluate import Predictions, predict
 from era_utils.export import export_model
+from era_utils.ghost_bn import use_ghost_batch_norm
 from era_utils.history import epoch_table
 from era_utils.lit_module import LitClassifier
 from era_utils.lr_finder import LRFinderResult, find_lr
@@ -55,6 +56,7 @@ VALID_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "logit_scale": (lambda v: v > 0, "positive"),
     "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 turns the EMA off)"),
     "pct_start": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "ghost_batch_size": (lambda v: v == 0 or v >= 2, "0 (off) or at least 2"),
     "lr_find_iters": (lambda v: v >= FAST_DEV_LR_FIND_ITERS, f"at least {FAST_DEV_LR_FIND_ITERS}"),
     "num_nodes": (lambda v: v >= 1, "at least 1"),
     "per_class": (lambda v: v >= 1, "at least 1"),
@@ -79,6 +81,7 @@ class TrainConfig:
     ema_decay: float = 0.995  # per-step EMA of weights and BN buffers, with warm-up; 0 turns it off
     pct_start: float = 5 / 24  # warm-up share of OneCycle: 5 of 24 epochs
     flip: str = "random"  # "random" (p = 0.5) or "alternating" (airbench's: the other way round each epoch)
+    ghost_batch_size: int = 0  # training BN statistics over slices of this many images (Page: 32); 0: whole batch
     lr_find_iters: int = 200
     accelerator: str = "auto"
     devices: str = "auto"
@@ -165,10 +168,13 @@ def build_datamodule(cfg: TrainConfig) -> CIFAR10DataModule:
 
 def build_net(cfg: TrainConfig) -> CustomResNet:
     """The network initialised from `cfg.seed`, leaving the global RNG as it was: with the data order and
-    augmentation, which follow the seed too, a notebook run repeats as a command-line run does."""
+    augmentation, which follow the seed too, a notebook run repeats as a command-line run does.
+
+    With `ghost_batch_size` its batch norms train on slices of the batch; the weights keep their shapes."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return CustomResNet(num_classes=NUM_CLASSES, logit_scale=cfg.logit_scale)
+        net = CustomResNet(num_classes=NUM_CLASSES, logit_scale=cfg.logit_scale)
+    return use_ghost_batch_norm(net, cfg.ghost_batch_size) if cfg.ghost_batch_size else net
 
 
 def run_lr_finder(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule) -> LRFinderResult:
@@ -362,6 +368,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
     p.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="0 turns the weight EMA off")
     p.add_argument("--pct-start", type=float, default=defaults.pct_start, help="OneCycle's warm-up share of the steps")
+    p.add_argument(
+        "--ghost-batch-size",
+        type=int,
+        default=defaults.ghost_batch_size,
+        help="batch-norm statistics in training over slices of this many images (Page: 32); 0: the whole batch",
+    )
     p.add_argument(
         "--flip",
         choices=FLIPS,

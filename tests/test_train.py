@@ -9,7 +9,9 @@ import torch
 
 from era_utils.data import load_split
 from era_utils.export import load_model
+from era_utils.ghost_bn import GhostBatchNorm2d
 from era_utils.misclassified import parse_file_name
+from era_utils.model import CustomResNet
 from era_utils.train import (
     ConfigError,
     TrainConfig,
@@ -104,11 +106,13 @@ def test_cli_flags_reach_the_config():
             "0.3",
             "--flip",
             "alternating",
+            "--ghost-batch-size",
+            "32",
         ]
     )
     assert (cfg.devices, cfg.strategy, cfg.num_nodes, cfg.precision, cfg.resume) == ("2", "ddp", 3, "32", True)
     assert (cfg.max_lr, cfg.seed, cfg.epochs, cfg.batch_size, cfg.pct_start) == (0.02, 7, 5, 64, 0.3)
-    assert cfg.flip == "alternating"
+    assert (cfg.flip, cfg.ghost_batch_size) == ("alternating", 32)
 
 
 def test_the_flip_choice_reaches_the_training_data(image_folder):
@@ -130,6 +134,7 @@ def test_the_flip_choice_reaches_the_training_data(image_folder):
         ("--lr-find-iters", "5"),
         ("--per-class", "0"),
         ("--num-workers", "-1"),
+        ("--ghost-batch-size", "1"),
     ],
 )
 def test_out_of_range_flags_stop_with_one_clear_line_before_any_work(flag, value, tmp_path, capsys):
@@ -288,3 +293,16 @@ def test_the_initial_weights_follow_the_seed_and_leave_the_global_rng_alone():
     first, again, other = (_flat_weights(build_net(TrainConfig(seed=s))) for s in (1, 1, 2))
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert torch.equal(torch.rand(3), expected_draw)
+
+
+def test_ghost_batch_norm_trains_on_slices_and_exports_the_plain_networks_weights(image_folder, tmp_path):
+    cfg = _cfg(image_folder, tmp_path / "ghost", epochs=1, ghost_batch_size=4)
+    net = build_net(cfg)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 8 and all(isinstance(m, GhostBatchNorm2d) and m.ghost_batch_size == 4 for m in norms)
+    assert not [m for m in build_net(TrainConfig()).modules() if isinstance(m, GhostBatchNorm2d)]
+    _, lit = fit(cfg, net, build_datamodule(cfg), cfg.max_lr)
+    plain = CustomResNet(10, cfg.logit_scale)
+    plain.load_state_dict(lit.net.state_dict(), strict=True)
+    images = torch.randn(6, 3, 32, 32)
+    torch.testing.assert_close(plain.eval()(images), lit.net.eval()(images))
