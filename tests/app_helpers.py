@@ -4,6 +4,7 @@ subprocess, wait for it, craft PNG files (decompression bombs, 16-bit) without d
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import socket
@@ -16,6 +17,7 @@ import urllib.request
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "space_app"
@@ -41,6 +43,20 @@ sys.argv = [app]
 runpy.run_path(app, run_name="__main__")
 """
 APP_FILES = ("app.py", "inference.py", "explain.py", "model.py", "model.json", "model.safetensors", "misclassified.npz")
+
+
+def load_space_module(app_dir: Path, name: str) -> ModuleType:
+    """`app_dir/<name>.py` imported under a name of its own (space_app/ is a folder of scripts, not a package),
+    its imports of the Space's other files resolved from `app_dir`."""
+    sys.path.insert(0, str(app_dir))
+    try:
+        spec = importlib.util.spec_from_file_location(f"space_{name}_under_test", app_dir / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up there
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(app_dir))
+    return module
 
 
 def free_port() -> int:

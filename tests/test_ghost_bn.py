@@ -2,13 +2,11 @@
 ordinary batch norm in eval, and a converted network whose weights still load into the plain model and the Space's."""
 
 import copy
-import importlib.util
-from types import ModuleType
 
 import pytest
 import torch
 import torch.nn.functional as F
-from app_helpers import APP_DIR
+from app_helpers import APP_DIR, load_space_module
 from torch import nn
 
 from era_utils.config import NUM_CLASSES
@@ -45,14 +43,6 @@ def plain_copy(layer: GhostBatchNorm2d) -> nn.BatchNorm2d:
 def per_slice_reference(layer: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """F.batch_norm in training mode on each slice of K images, separately."""
     return torch.cat([F.batch_norm(p, None, None, layer.weight, layer.bias, True, 0.0, layer.eps) for p in x.split(K)])
-
-
-def space_model_module() -> ModuleType:
-    """space_app/model.py, imported from its file (space_app/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("space_model_under_test", APP_DIR / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # 32 divides into slices of 8; 29 ends with a slice of 5 and 17 with a slice of one image.
@@ -170,7 +160,7 @@ def test_every_batch_norm_is_replaced_and_the_state_dict_is_unchanged(nets) -> N
 
 def test_converted_weights_load_strictly_into_the_plain_and_the_space_model(nets) -> None:
     _, ghost = nets
-    for model_class in (CustomResNet, space_model_module().CustomResNet):
+    for model_class in (CustomResNet, load_space_module(APP_DIR, "model").CustomResNet):
         fresh = model_class(NUM_CLASSES, logit_scale=0.125)
         fresh.load_state_dict(ghost.state_dict(), strict=True)
         assert all(type(m) is nn.BatchNorm2d for m in fresh.modules() if isinstance(m, nn.BatchNorm2d))

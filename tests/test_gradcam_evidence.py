@@ -3,15 +3,11 @@ peaks inside the image's square, it changes with the target class, and it does n
 weights (the model-randomisation sanity check of Adebayo et al., 2018). In era_utils and in the Space."""
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
-from app_helpers import copy_app
+from app_helpers import copy_app, load_space_module
 from learning_helpers import SQUARE
 
 from era_utils.export import export_model
@@ -81,24 +77,11 @@ def test_gradcam_does_not_survive_randomising_the_weights(trained, test_split, t
     assert np.abs(true_masks - masks).mean() > 0.1
 
 
-def load_space_inference(app_dir: Path) -> ModuleType:
-    """The Space's inference.py from `app_dir`, imported under its own name (its `model` import included)."""
-    sys.path.insert(0, str(app_dir))
-    try:
-        spec = importlib.util.spec_from_file_location("space_inference_under_test", app_dir / "inference.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(app_dir))
-    return module
-
-
 def test_the_spaces_gradcam_points_at_the_square_too(squares_fit, trained, test_split, squares, tmp_path):
     _, labels, uint8_images = test_split
     app_dir = copy_app(tmp_path / "space_app")
     export_model(squares_fit.lit.net, app_dir)  # the Space's own model files, for the net trained on squares
-    classifier = load_space_inference(app_dir).Classifier(app_dir)
+    classifier = load_space_module(app_dir, "inference").Classifier(app_dir)
     true = classifier.cam_masks(uint8_images, labels.tolist(), LAYER)
     assert hit_rate(true, squares.test_corners) >= 0.7
     other = classifier.cam_masks(uint8_images, ((labels + 1) % 10).tolist(), LAYER)
