@@ -18,18 +18,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from app_helpers import APP_DIR, CHROMIUM, CHROMIUM_ARGS, copy_app, running_app  # noqa: E402
+from app_helpers import APP_DIR, CHROMIUM, CHROMIUM_ARGS, choose_option, copy_app, running_app  # noqa: E402
 
 
 def set_slider(page, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
-
-
-def choose(page, elem_id: str, label: str) -> None:
-    page.locator(f"#{elem_id} input[role=combobox]").click()
-    page.get_by_role("option", name=label, exact=True).click()
 
 
 def shoot(url: str, out: Path, example: str, k: int, cams: int, mistakes: int, method: str, explain: str) -> None:
@@ -44,9 +39,9 @@ def shoot(url: str, out: Path, example: str, k: int, cams: int, mistakes: int, m
             set_slider(page, "top-k", k)
             page.locator("#show-cam input[type=checkbox]").check()
             set_slider(page, "cam-count", cams)
-            choose(page, "cam-method", method)
+            choose_option(page, "cam-method", method)
             if explain != "top":
-                choose(page, "cam-class", explain)
+                choose_option(page, "cam-class", explain)
                 cams = 1 if explain == example else 2
             page.locator("#show-mistakes input[type=checkbox]").check()
             set_slider(page, "mistake-count", mistakes)

@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "space_app"
@@ -57,6 +58,12 @@ def load_space_module(app_dir: Path, name: str) -> ModuleType:
     finally:
         sys.path.remove(str(app_dir))
     return module
+
+
+def choose_option(page: Any, elem_id: str, label: str) -> None:
+    """Pick an option of a Gradio dropdown in a Playwright page as a visitor does: open the list, click it."""
+    page.locator(f"#{elem_id} input[role=combobox]").click()
+    page.get_by_role("option", name=label, exact=True).click()
 
 
 def free_port() -> int:

@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from app_helpers import APP_DIR, CHROMIUM, CHROMIUM_ARGS, REPO, copy_app, running_app, write_png
+from app_helpers import APP_DIR, CHROMIUM, CHROMIUM_ARGS, REPO, choose_option, copy_app, running_app, write_png
 from PIL import Image
 
 sys.path.insert(0, str(APP_DIR))
@@ -862,12 +862,6 @@ def test_gradcam_and_gallery_over_http(client) -> None:
 # ---------------------------------------------------------------------------- a real browser
 
 
-def _choose(page, elem_id: str, label: str) -> None:
-    """Pick an option of a Gradio dropdown as a visitor does: open the list, click the option."""
-    page.locator(f"#{elem_id} input[role=combobox]").click()
-    page.get_by_role("option", name=label, exact=True).click()
-
-
 def _captions(page, gallery: str) -> list[str]:
     return page.locator(f"#{gallery} .caption-label").all_inner_texts()
 
@@ -920,12 +914,12 @@ def test_browser_upload_set_k_and_read_labels(server, sp: space.SpaceApp, tmp_pa
             page.locator("#model-input img").wait_for(timeout=60_000)
             _wait_for_captions(page, "gradcam-gallery", [c for _, c in sp.explain(horse, True, 3, "layer2", 0.5)[1]])
             # Another method: its one-line description, and its heatmaps' numbers.
-            _choose(page, "cam-method", "LayerCAM")
+            choose_option(page, "cam-method", "LayerCAM")
             page.wait_for_function("document.querySelector('#cam-method-about').innerText.startsWith('LayerCAM:')")
             layercam = [c for _, c in sp.explain(horse, True, 3, "layer2", 0.5, "LayerCAM")[1]]
             _wait_for_captions(page, "gradcam-gallery", layercam)
             # Why not a dog? Its heatmap, then the top class's; the count of top classes is hidden.
-            _choose(page, "cam-class", "dog")
+            choose_option(page, "cam-class", "dog")
             dog = [c for _, c in sp.explain(horse, True, 3, "layer2", 0.5, "LayerCAM", "dog")[1]]
             _wait_for_captions(page, "gradcam-gallery", dog)
             count_hidden = not page.locator("#cam-count").is_visible()
