@@ -314,19 +314,25 @@ class SpaceApp:
 
     @staticmethod
     def _for_visitor(fn: Callable[..., T]) -> Callable[..., T]:
-        """InputError -> gr.Error with its message; anything unexpected is logged and reported briefly."""
+        """InputError -> gr.Error with its message; anything unexpected is logged and reported briefly.
+
+        Gradio would print each gr.Error's traceback to the server log: a refused input is logged as one line
+        instead, and an unexpected error's traceback once, by `log.exception`."""
 
         @functools.wraps(fn)  # keeps the parameter names, which the API page shows
         def handler(*args: Any) -> T:
+            name = getattr(fn, "__name__", fn)
             try:
                 return fn(*args)
             except gr.Error:
                 raise
             except InputError as err:
-                raise gr.Error(str(err)) from err
+                log.info("%s refused: %s", name, err)
+                raise gr.Error(str(err), print_exception=False) from err
             except Exception as err:
-                log.exception("handler %s failed", getattr(fn, "__name__", fn))
-                raise gr.Error("Something went wrong on the server while processing this request.") from err
+                log.exception("handler %s failed", name)
+                message = "Something went wrong on the server while processing this request."
+                raise gr.Error(message, print_exception=False) from err
 
         return handler
 

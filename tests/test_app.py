@@ -836,6 +836,21 @@ def test_a_request_gradio_refuses_before_the_app_says_why(client) -> None:
     assert client.predict(handle_file(str(APP_DIR / "examples" / "cat.png")), 1, api_name="/predict")["label"]
 
 
+def test_a_refused_request_is_logged_as_one_line_without_a_traceback(client, server) -> None:
+    from gradio_client import handle_file
+
+    log = server[2]
+    before = len(log.read_text())
+    with pytest.raises(Exception, match="1 to 10"):
+        client.predict(handle_file(str(APP_DIR / "examples" / "cat.png")), 11, api_name="/predict")
+    deadline = time.monotonic() + 10
+    while "refused" not in log.read_text()[before:] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    logged = log.read_text()[before:]
+    assert "predict refused: " in logged and "1 to 10" in logged
+    assert "Traceback" not in logged
+
+
 def test_gradcam_and_gallery_over_http(client) -> None:
     from gradio_client import handle_file
 
