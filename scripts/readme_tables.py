@@ -9,8 +9,8 @@ python scripts/readme_tables.py sweep RESULTS.jsonl  # short tuning runs from be
 python scripts/readme_tables.py runs RESULTS.jsonl   # notebook runs from benchmarks/notebook_run.py
 """
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -106,8 +106,20 @@ def misclassified_table(folder: str = "misclassified_images", n: int = 10) -> st
     return "\n".join(lines)
 
 
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSON Lines file, blank lines skipped; a line that is not JSON is a ValueError naming it."""
+    records = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"line {number}: {e.msg}") from None
+    return records
+
+
 def sweep_table(results_jsonl: str) -> str:
-    runs = [json.loads(line) for line in Path(results_jsonl).read_text().splitlines() if line.strip()]
+    runs = read_jsonl(results_jsonl)
     lines = [
         "| variant | epochs | test acc | flip TTA | last train acc | minutes |",
         "|---|---:|---:|---:|---:|---:|",
@@ -137,7 +149,7 @@ def run_changes(r: dict) -> str:
 
 
 def runs_table(results_jsonl: str) -> str:
-    runs = [json.loads(line) for line in Path(results_jsonl).read_text().splitlines() if line.strip()]
+    runs = read_jsonl(results_jsonl)
     lines = [
         "| run | what changed | seed | epochs | CPU | minutes | single view | flip TTA | flip + translation TTA "
         "| last train acc | status |",
@@ -151,15 +163,37 @@ def runs_table(results_jsonl: str) -> str:
     return "\n".join(lines)
 
 
+SUBCOMMANDS = [  # name, table, help, and its file argument's name and help if it takes one
+    ("model", model_table, "layers, output shapes, parameters, receptive field", None),
+    ("epochs", epochs_table, "per-epoch log from logs/metrics.csv", None),
+    ("classes", classes_table, "per-class accuracy", ("EVAL.json", "evaluate's JSON output, or space_app/model.json")),
+    ("misclassified", misclassified_table, "the first ten of misclassified_images/, captioned", None),
+    ("sweep", sweep_table, "short tuning runs", ("RESULTS.jsonl", "benchmarks/hparam_sweep.py's output")),
+    ("runs", runs_table, "notebook runs", ("RESULTS.jsonl", "benchmarks/notebook_run.py's output")),
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the table a subcommand asks for; a file that is missing or not JSON is a usage error, not a traceback."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    subcommands = parser.add_subparsers(dest="table", required=True, metavar="TABLE")
+    for name, make, about, argument in SUBCOMMANDS:
+        subcommand = subcommands.add_parser(name, help=about, description=about)
+        subcommand.set_defaults(make=make, error=subcommand.error)
+        if argument:
+            subcommand.add_argument("file", metavar=argument[0], help=argument[1])
+    args = parser.parse_args(argv)
+    file = vars(args).get("file")
+    try:
+        table = args.make() if file is None else args.make(file)
+    except OSError as e:  # a missing file, a folder, or a default path run from another folder
+        args.error(f"{e.filename}: {e.strerror}")
+    except (ValueError, KeyError) as e:  # json's or UTF-8's error, or a field the table needs
+        if file is None:
+            raise
+        args.error(f"{file}: " + (f"no {e} field" if isinstance(e, KeyError) else f"not valid JSON: {e}"))
+    print(table)
+
+
 if __name__ == "__main__":
-    what, *args = sys.argv[1:] or ["model"]
-    print(
-        {
-            "model": model_table,
-            "epochs": epochs_table,
-            "classes": classes_table,
-            "misclassified": misclassified_table,
-            "sweep": sweep_table,
-            "runs": runs_table,
-        }[what](*args)
-    )
+    main()

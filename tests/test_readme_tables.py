@@ -1,0 +1,102 @@
+"""scripts/readme_tables.py's command line: help, one-line usage errors for a missing or broken file, a table.
+The script runs as a subprocess where its exit matters (each run imports torch, a few seconds); the other
+error cases call its main() in this process."""
+
+import os
+import runpy
+import subprocess
+import sys
+
+import pytest
+
+from era_utils.config import CLASS_NAMES
+
+SUBCOMMANDS = ["model", "epochs", "classes", "misclassified", "sweep", "runs"]
+
+
+def readme_tables(repo, *args: str) -> subprocess.CompletedProcess:
+    """The script run from the repository's root, importing era_utils from it rather than any installed copy."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, str(repo / "scripts" / "readme_tables.py"), *args]
+    return subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+
+
+def assert_usage_error(returncode: int, stderr: str, *words: str) -> None:
+    """Exit code 2 and one `error:` line on stderr that has all of `words`, without a traceback."""
+    assert returncode == 2, stderr
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and all(word in errors[0] for word in words), stderr
+
+
+def test_help_lists_every_subcommand(repo):
+    proc = readme_tables(repo, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert all(name in proc.stdout for name in SUBCOMMANDS)
+
+
+def test_a_missing_file_argument_is_a_usage_error(repo):
+    proc = readme_tables(repo, "classes")
+    assert_usage_error(proc.returncode, proc.stderr, "required", "EVAL.json")
+
+
+def test_a_file_that_does_not_exist_is_named(repo, tmp_path):
+    missing = str(tmp_path / "missing.json")
+    proc = readme_tables(repo, "classes", missing)
+    assert_usage_error(proc.returncode, proc.stderr, missing, "No such file")
+
+
+def test_a_file_that_is_not_json_is_named(repo, tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"per_class": ')
+    proc = readme_tables(repo, "classes", str(broken))
+    assert_usage_error(proc.returncode, proc.stderr, str(broken), "not valid JSON")
+
+
+def test_classes_prints_a_row_for_each_class(repo):
+    proc = readme_tables(repo, "classes", "space_app/model.json")
+    assert proc.returncode == 0, proc.stderr
+    rows = proc.stdout.splitlines()
+    assert rows[0].startswith("| class |") and rows[1].startswith("|---|")
+    assert [row.split(" | ")[0] for row in rows[2:-1]] == [f"| {name}" for name in CLASS_NAMES]
+    assert rows[-1].startswith("| **all ")
+
+
+@pytest.fixture(scope="module")
+def main(repo):
+    return runpy.run_path(str(repo / "scripts" / "readme_tables.py"))["main"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        ([], ["required", "TABLE"]),
+        (["bogus"], ["invalid choice", "bogus"]),
+        (["sweep"], ["required", "RESULTS.jsonl"]),
+        (["runs"], ["required", "RESULTS.jsonl"]),
+        (["runs", "benchmarks/results/hparam_sweep_6ep.jsonl"], ["hparam_sweep_6ep.jsonl", "no 'name' field"]),
+    ],
+    ids=["no subcommand", "unknown subcommand", "sweep without file", "runs without file", "runs of a sweep"],
+)
+def test_a_bad_command_line_is_a_usage_error(main, repo, monkeypatch, capsys, args, words):
+    monkeypatch.chdir(repo)
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert_usage_error(exited.value.code, capsys.readouterr().err, *words)
+
+
+@pytest.mark.parametrize("subcommand", ["sweep", "runs"])
+def test_a_jsonl_file_error_names_its_line(main, tmp_path, capsys, subcommand):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"variant": "a"}\n\nnot json\n')
+    with pytest.raises(SystemExit) as exited:
+        main([subcommand, str(broken)])
+    assert_usage_error(exited.value.code, capsys.readouterr().err, str(broken), "not valid JSON", "line 3")
+
+
+@pytest.mark.parametrize("subcommand", SUBCOMMANDS)
+def test_each_subcommand_has_its_help(main, capsys, subcommand):
+    with pytest.raises(SystemExit) as exited:
+        main([subcommand, "--help"])
+    assert exited.value.code == 0
+    assert f" {subcommand} [-h]" in capsys.readouterr().out.splitlines()[0]  # its own usage line
