@@ -6,6 +6,10 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint to resume was trained with other loss, optimizer or schedule settings than this run's."""
+
+
 def flip_tta_logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Mean of the logits for the images and their horizontal mirror images."""
     return (net(images) + net(torch.flip(images, dims=[3]))) / 2
@@ -69,6 +73,26 @@ class LitClassifier(L.LightningModule):
         images, labels = batch
         self.test_acc_tta(flip_tta_logits(self, images), labels)
         self.log("test/acc_tta", self.test_acc_tta, on_step=False, on_epoch=True)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """On resume, refuse a checkpoint whose loss, optimizer or OneCycle length differ from this run's:
+        Lightning would restore its optimizer and schedule, and the run would follow neither recipe."""
+        saved = checkpoint.get("hyper_parameters", {})
+        changed = [
+            f"{k}: {saved[k]} in the checkpoint, {v} now" for k, v in self.hparams.items() if saved.get(k, v) != v
+        ]
+        schedulers = checkpoint.get("lr_schedulers") or [{}]
+        saved_steps = schedulers[0].get("total_steps")
+        if self._trainer is not None and saved_steps is not None:
+            steps = int(self.trainer.estimated_stepping_batches)
+            if saved_steps != steps:
+                changed.append(
+                    f"OneCycle steps (epochs x batches per epoch): {saved_steps} in the checkpoint, {steps} now"
+                )
+        if changed:
+            raise CheckpointMismatchError(
+                "cannot resume with other settings than the checkpoint's; " + "; ".join(changed)
+            )
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams

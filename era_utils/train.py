@@ -5,6 +5,7 @@ python -m era_utils.train --data-dir ../shared/data/cifar10-jpeg --epochs 24 --o
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from PIL import Image
 from torch.utils.data import Subset
 
@@ -32,7 +34,7 @@ from era_utils.evaluate import Predictions, predict
 from era_utils.export import export_model
 from era_utils.ghost_bn import use_ghost_batch_norm
 from era_utils.history import epoch_table
-from era_utils.lit_module import LitClassifier
+from era_utils.lit_module import CheckpointMismatchError, LitClassifier
 from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.misclassified import caption, confident_mistakes, export_misclassified, save_store
 from era_utils.model import CustomResNet
@@ -210,6 +212,35 @@ def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch
     return update
 
 
+def hardware_settings(cfg: TrainConfig) -> dict:
+    """The Trainer's accelerator, devices, strategy, nodes and precision."""
+    devices = int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices
+    return {
+        "accelerator": cfg.accelerator,
+        "devices": devices,
+        "strategy": cfg.strategy,
+        "num_nodes": cfg.num_nodes,
+        "precision": default_precision(cfg),
+    }
+
+
+def check_hardware_settings(cfg: TrainConfig) -> None:
+    """Lightning's own checks of the hardware settings, run now rather than after the LR finder's minutes."""
+    settings = hardware_settings(cfg)
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # the probe Trainer would print "GPU available: ..." a second time
+    try:
+        L.Trainer(
+            **settings, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+        )
+    except (MisconfigurationException, TypeError, ValueError) as err:
+        flags = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in settings.items())
+        raise ConfigError(f"Lightning refuses {flags}: {err}") from None
+    finally:
+        lightning_log.setLevel(level)
+
+
 def build_trainer(cfg: TrainConfig, extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     callbacks = [
         *extra_callbacks,
@@ -222,14 +253,9 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Sequence[L.Callback] = ()) 
     ]
     if cfg.ema_decay > 0:
         callbacks.append(WeightAveraging(device=None, use_buffers=True, avg_fn=ema_with_warmup(cfg.ema_decay)))
-    devices = int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices
     return L.Trainer(
         max_epochs=cfg.epochs,
-        accelerator=cfg.accelerator,
-        devices=devices,
-        strategy=cfg.strategy,
-        num_nodes=cfg.num_nodes,
-        precision=default_precision(cfg),
+        **hardware_settings(cfg),
         logger=CSVLogger(cfg.out, name="logs", version=""),
         callbacks=callbacks,
         fast_dev_run=cfg.fast_dev_run,
@@ -244,6 +270,26 @@ def resume_checkpoint(cfg: TrainConfig) -> str | None:
     if not last.is_file():
         raise DataError(f"--resume: no checkpoint at {last}; run once without --resume first")
     return str(last)
+
+
+def choose_max_lr(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule) -> float:
+    """`--max-lr` if given; on resume the checkpoint's (its OneCycle schedule goes on with it, and `fit` refuses
+    a `--max-lr` that differs from it); else the LR finder's suggestion."""
+    if cfg.max_lr is not None:
+        return cfg.max_lr
+    if cfg.resume:
+        checkpoint = torch.load(resume_checkpoint(cfg), map_location="cpu", weights_only=True)
+        return float(checkpoint["hyper_parameters"]["max_lr"])
+    return run_lr_finder(cfg, net, dm).suggested_lr
+
+
+def make_output_dirs(cfg: TrainConfig) -> None:
+    """The plots' folder and the app's, or one clear error if a file stands in the way or access is denied."""
+    for folder in (cfg.images_dir, Path(cfg.app_dir or cfg.out)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot create the output folder {folder} ({err.strerror})") from None
 
 
 def fit(
@@ -333,12 +379,15 @@ def export_artifacts(
 
 def run(cfg: TrainConfig) -> RunResult:
     """Run every stage; in multi-process runs only global rank 0 writes the reports."""
-    dm = build_datamodule(cfg)  # first, so that a bad --data-dir fails before anything is printed or written
+    # First the settings, the checkpoint and the data: a mistake in any fails before anything is printed or written.
+    check_hardware_settings(cfg)
+    resume_checkpoint(cfg)
+    dm = build_datamodule(cfg)
+    make_output_dirs(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    cfg.images_dir.mkdir(parents=True, exist_ok=True)
     save_samples(dm, cfg.images_dir / "augmented_samples.png")
     net = build_net(cfg)
-    max_lr = cfg.max_lr if cfg.max_lr is not None else run_lr_finder(cfg, net, dm).suggested_lr
+    max_lr = choose_max_lr(cfg, net, dm)
     print(f"max LR for OneCycle: {max_lr:.3e}")
     trainer, lit = fit(cfg, net, dm, max_lr)
     test_metrics = trainer.test(lit, datamodule=dm)[0]
@@ -407,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         result = run(cfg)
-    except DataError as err:
+    except (CheckpointMismatchError, ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if result.report:

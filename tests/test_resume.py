@@ -9,8 +9,10 @@ import torch
 from learning_helpers import cpu_config
 from torch.utils.data import DataLoader
 
+from era_utils import train
 from era_utils.data import CIFAR10DataModule
-from era_utils.train import build_datamodule, build_net, fit
+from era_utils.lit_module import CheckpointMismatchError
+from era_utils.train import build_datamodule, build_net, choose_max_lr, fit, main
 
 EPOCHS, STEPS_PER_EPOCH = 2, 5  # 40 training images in batches of 8
 
@@ -31,8 +33,10 @@ class RecordStart(L.Callback):
         self.epoch, self.step = trainer.current_epoch, trainer.global_step
 
 
-def _fit(image_folder: Path, out: Path, resume: bool = False, callbacks: tuple[L.Callback, ...] = ()) -> L.Trainer:
-    cfg = cpu_config(image_folder, out, epochs=EPOCHS, batch_size=8, ema_decay=0.9, resume=resume)
+def _fit(
+    image_folder: Path, out: Path, resume: bool = False, callbacks: tuple[L.Callback, ...] = (), **changes: object
+) -> L.Trainer:
+    cfg = cpu_config(image_folder, out, **(dict(epochs=EPOCHS, batch_size=8, ema_decay=0.9, resume=resume) | changes))
     L.seed_everything(cfg.seed)  # the initial weights; a resumed run replaces them with the checkpoint's
     trainer, _ = fit(cfg, build_net(cfg), build_datamodule(cfg), cfg.max_lr, extra_callbacks=callbacks)
     return trainer
@@ -100,3 +104,48 @@ def test_training_batches_depend_on_seed_epoch_and_index_only_not_on_worker_proc
     other = DataLoader(CIFAR10DataModule(image_folder, seed=4).train_dataset(), batch_size=40)
     images = next(iter(first))[0]
     assert torch.equal(images, next(iter(again))[0]) and not torch.equal(images, next(iter(other))[0])
+
+
+FIRST_MAX_LR = 0.0123  # not the default, so that a resumed run can only have it from the checkpoint
+
+
+@pytest.fixture(scope="module")
+def finished_run(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("finished")
+    _fit(image_folder, out, max_lr=FIRST_MAX_LR)
+    return out
+
+
+def test_resume_takes_the_checkpoints_max_lr_and_does_not_run_the_lr_finder(image_folder, finished_run, monkeypatch):
+    monkeypatch.setattr(train, "run_lr_finder", lambda *args: pytest.fail("the LR finder ran on resume"))
+    cfg = cpu_config(image_folder, finished_run, max_lr=None, resume=True)
+    assert choose_max_lr(cfg, build_net(cfg), build_datamodule(cfg)) == FIRST_MAX_LR
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"epochs": EPOCHS + 1}, "OneCycle steps"),
+        ({"batch_size": 4}, "OneCycle steps"),
+        ({"max_lr": 0.02}, "max_lr"),
+        ({"weight_decay": 0.1}, "weight_decay"),
+        ({"label_smoothing": 0.0}, "label_smoothing"),
+        ({"pct_start": 0.5}, "pct_start"),
+    ],
+)
+def test_resume_with_other_settings_is_refused_and_leaves_the_checkpoint_alone(
+    image_folder, finished_run, change, named
+):
+    checkpoint = finished_run / "checkpoints" / "last.ckpt"
+    before = checkpoint.read_bytes()
+    with pytest.raises(CheckpointMismatchError, match=named):
+        _fit(image_folder, finished_run, resume=True, **({"max_lr": FIRST_MAX_LR} | change))
+    assert checkpoint.read_bytes() == before
+
+
+def test_resume_with_other_settings_is_one_clear_line_on_the_command_line(image_folder, finished_run, capsys):
+    flags = ["--data-dir", str(image_folder), "--out", str(finished_run), "--resume", "--num-workers", "0"]
+    code = main([*flags, "--batch-size", "8", "--epochs", str(EPOCHS + 1), "--accelerator", "cpu", "--devices", "1"])
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: cannot resume") and "OneCycle steps" in error

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from era_utils import train
 from era_utils.data import load_split
 from era_utils.export import load_model
 from era_utils.ghost_bn import GhostBatchNorm2d
@@ -222,27 +223,48 @@ def test_two_process_ddp_fast_dev_run(image_folder, tmp_path, repo):
     assert (out / "model.safetensors").is_file()
 
 
-def test_resume_without_a_checkpoint_is_a_clear_error(image_folder, tmp_path, capsys):
-    code = main(
-        [
-            "--data-dir",
-            str(image_folder),
-            "--out",
-            str(tmp_path / "empty"),
-            "--resume",
-            "--max-lr",
-            "0.01",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--num-workers",
-            "0",
-            *CPU_FLAGS,
-        ]
-    )
+def _no_lr_finder(monkeypatch) -> None:
+    monkeypatch.setattr(train, "run_lr_finder", lambda *args: pytest.fail("the LR finder ran"))
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error_before_any_work(image_folder, tmp_path, capsys, monkeypatch):
+    _no_lr_finder(monkeypatch)
+    out = tmp_path / "empty"
+    code = main(["--data-dir", str(image_folder), "--out", str(out), "--resume", "--num-workers", "0", *CPU_FLAGS])
     assert code == 2
     assert "no checkpoint" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--precision", "foo"),
+        ("--strategy", "nope"),
+        ("--devices", "abc"),
+        pytest.param("--accelerator", "gpu", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU")),
+    ],
+)
+def test_bad_hardware_settings_stop_with_one_clear_line_before_any_work(
+    flag, value, image_folder, tmp_path, capsys, monkeypatch
+):
+    _no_lr_finder(monkeypatch)
+    out = tmp_path / "run"
+    code = main(["--data-dir", str(image_folder), "--out", str(out), "--num-workers", "0", flag, value])
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and flag in error and value in error
+    assert not out.exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(image_folder, tmp_path, capsys, monkeypatch):
+    _no_lr_finder(monkeypatch)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code = main(["--data-dir", str(image_folder), "--out", str(blocker / "run"), "--num-workers", "0", *CPU_FLAGS])
+    assert code == 2
+    assert f"cannot create the output folder {blocker / 'run'}" in capsys.readouterr().err
+    assert blocker.read_text() == "not a folder"
 
 
 def test_ema_decay_ramps_up_from_the_first_updates_to_the_configured_decay():
