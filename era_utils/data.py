@@ -124,6 +124,8 @@ def _decode(path: Path) -> np.ndarray:
 def load_image_folder(root: Path, split: str) -> Split:
     """Decode `root/split/<class>/*` once; class folders must be the CIFAR-10 names."""
     split_dir = root / split
+    if not split_dir.is_dir():
+        raise DataError(f"--data-dir {root} has no {split}/ folder; it must hold train/<class>/ and test/<class>/")
     missing = [c for c in CLASS_NAMES if not (split_dir / c).is_dir()]
     if missing:
         raise DataError(
@@ -162,7 +164,8 @@ def load_split(split: str, data_dir: str | Path | None, download_root: str | Pat
         return load_torchvision(Path(download_root), split)
     root = Path(data_dir)
     if not root.is_dir():
-        raise DataError(f"--data-dir {root} does not exist; point it at a folder with train/<class>/ and test/<class>/")
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"--data-dir {root} {problem}; point it at a folder with train/<class>/ and test/<class>/")
     return load_image_folder(root, split)
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from era_utils.config import CLASS_NAMES
 from era_utils.data import ArrayDataset, DataError, load_split
@@ -68,13 +69,16 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(net: nn.Module, dataset: Dataset, batch_size: int = 500) -> Predictions:
-    """Softmax probabilities over `dataset` in fp32: single view, flip TTA, flip + translation TTA."""
+def predict(net: nn.Module, dataset: Dataset, batch_size: int = 500, progress: bool = False) -> Predictions:
+    """Softmax probabilities over `dataset` in fp32: single view, flip TTA, flip + translation TTA.
+
+    With `progress`, a progress bar on stderr (six forward passes per image take minutes on a CPU)."""
     net.eval()
     device = next(net.parameters()).device
     views: list[list[torch.Tensor]] = [[], [], []]
     labels = []
-    for images, y in DataLoader(dataset, batch_size=batch_size):
+    loader = DataLoader(dataset, batch_size=batch_size)
+    for images, y in tqdm(loader, desc="test images, 6 views each", unit="batch", disable=not progress):
         for view, logits in zip(views, tta_logits(net, images.to(device)), strict=True):
             view.append(logits.float().softmax(1).cpu())
         labels.append(y)
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    metrics = predict(net, dataset, args.batch_size).report()
+    metrics = predict(net, dataset, args.batch_size, progress=True).report()
     if args.write_metrics:
         try:
             write_metrics(args.weights, metrics)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -63,6 +64,10 @@ def read_config(weights: str | Path) -> dict[str, Any]:
     """The JSON beside `weights`, after checking the weights against its sha256."""
     weights = Path(weights)
     config_path = weights.with_name(CONFIG_NAME)
+    if weights.is_dir():
+        raise FileNotFoundError(f"{weights} is a folder; pass the {WEIGHTS_NAME} in it")
+    if weights.suffix == ".json":
+        raise ValueError(f"{weights} is JSON; pass the weights beside it ({weights.with_name(WEIGHTS_NAME)})")
     if not weights.is_file() or not config_path.is_file():
         raise FileNotFoundError(f"need {weights} and {config_path} side by side")
     try:
@@ -79,10 +84,25 @@ def read_config(weights: str | Path) -> dict[str, Any]:
 def load_model(weights: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network from its JSON and load the verified weights, in eval mode."""
     config = read_config(weights)
-    if config["architecture"] != ARCHITECTURE:
-        raise ValueError(f"unknown architecture {config['architecture']!r}")
-    net = CustomResNet(num_classes=config["num_classes"], logit_scale=config["logit_scale"])
-    net.load_state_dict(load_file(str(weights)))
+    config_path = Path(weights).with_name(CONFIG_NAME)
+    if config.get("architecture") != ARCHITECTURE:
+        raise ValueError(f"unknown architecture {config.get('architecture')!r} in {config_path}")
+    try:
+        net = CustomResNet(num_classes=config["num_classes"], logit_scale=config["logit_scale"])
+        state = load_file(str(weights))
+    except KeyError as err:
+        raise ValueError(f"{config_path} lacks {err}") from None
+    except SafetensorError as err:
+        raise ValueError(f"{weights} is not a safetensors file ({err})") from None
+    expected = net.state_dict()
+    missing, extra = expected.keys() - state.keys(), state.keys() - expected.keys()
+    reshaped = {k for k in expected.keys() & state.keys() if state[k].shape != expected[k].shape}
+    if missing or extra or reshaped:
+        raise ValueError(
+            f"{weights} does not hold the weights {config_path} describes: {len(missing)} tensors missing, "
+            f"{len(extra)} unexpected, {len(reshaped)} of another shape"
+        )
+    net.load_state_dict(state)
     return net.eval(), config
 
 

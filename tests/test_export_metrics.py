@@ -3,16 +3,18 @@ refreshed from existing weights by `python -m era_utils.evaluate --write-metrics
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from era_utils.config import CLASS_NAMES, NUM_CLASSES
 from era_utils.evaluate import Predictions, confusion_counts
 from era_utils.evaluate import main as evaluate_main
-from era_utils.export import CONFIG_NAME, WEIGHTS_NAME, export_model, load_model, write_metrics
+from era_utils.export import CONFIG_NAME, WEIGHTS_NAME, export_model, load_model, sha256_of, write_metrics
 from era_utils.model import CustomResNet
 from era_utils.train import TrainConfig, build_datamodule, export_artifacts
 
@@ -96,7 +98,7 @@ def test_write_metrics_replaces_only_the_metrics(app_dir: Path, image_folder: Pa
     weights = app_dir / WEIGHTS_NAME
     assert evaluate_main(["--weights", str(weights), "--data-dir", str(image_folder)]) == 0
     assert files_of(app_dir) == before  # without the flag, evaluate only prints
-    capsys.readouterr()
+    assert "test images, 6 views each" in capsys.readouterr().err  # a progress bar: the full split takes minutes
     assert evaluate_main(["--weights", str(weights), "--data-dir", str(image_folder), "--write-metrics"]) == 0
     (line,) = capsys.readouterr().out.strip().splitlines()
     after = files_of(app_dir)
@@ -138,18 +140,61 @@ def _foreign_json(app_dir: Path, tmp_path: Path) -> list[str]:
     return ["--weights", str(app_dir / WEIGHTS_NAME)]
 
 
+def _with_its_sha256(app_dir: Path, write: Callable[[Path], object]) -> list[str]:
+    """Weights replaced by what `write` puts there, and the JSON's sha256 updated to match them."""
+    weights, config_path = app_dir / WEIGHTS_NAME, app_dir / CONFIG_NAME
+    write(weights)
+    config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {"sha256": sha256_of(weights)}))
+    return ["--weights", str(weights)]
+
+
+def _text_as_weights(app_dir: Path, tmp_path: Path) -> list[str]:
+    return _with_its_sha256(app_dir, lambda path: path.write_text("not weights"))
+
+
+def _other_tensors(app_dir: Path, tmp_path: Path) -> list[str]:
+    return _with_its_sha256(app_dir, lambda path: save_file({"fc.weight": torch.zeros(2, 2)}, str(path)))
+
+
+def _file_as_data_dir(app_dir: Path, tmp_path: Path) -> list[str]:
+    return ["--weights", str(app_dir / WEIGHTS_NAME), "--data-dir", str(app_dir / CONFIG_NAME)]
+
+
+def _no_class_folders(app_dir: Path, tmp_path: Path) -> list[str]:
+    (tmp_path / "data" / "test" / "cat").mkdir(parents=True)
+    return ["--weights", str(app_dir / WEIGHTS_NAME), "--data-dir", str(tmp_path / "data")]
+
+
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
         (_swap_in_other_weights, "does not match the sha256"),
-        (lambda app, tmp: ["--weights", str(app / CONFIG_NAME)], "does not match the sha256"),
+        (lambda app, tmp: ["--weights", str(app / CONFIG_NAME)], "is JSON; pass the weights beside it"),
+        (lambda app, tmp: ["--weights", str(app)], f"is a folder; pass the {WEIGHTS_NAME} in it"),
+        (_text_as_weights, "is not a safetensors file"),
+        (_other_tensors, "tensors missing, 0 unexpected, 1 of another shape"),
         (_corrupt_json, "is not valid JSON"),
         (_foreign_json, "has no sha256"),
         (lambda app, tmp: ["--weights", str(app / "missing.safetensors")], "side by side"),
         (lambda app, tmp: ["--weights", str(app / WEIGHTS_NAME), "--data-dir", str(tmp / "nowhere")], "does not exist"),
-        (lambda app, tmp: ["--weights", str(app / WEIGHTS_NAME), "--data-dir", str(app)], "lacks class folders"),
+        (_file_as_data_dir, "is a file, not a folder"),
+        (lambda app, tmp: ["--weights", str(app / WEIGHTS_NAME), "--data-dir", str(app)], "has no test/ folder"),
+        (_no_class_folders, "lacks class folders airplane, automobile, bird, deer"),
     ],
-    ids=["other-weights", "json-as-weights", "corrupt-json", "foreign-json", "no-weights", "no-data-dir", "not-data"],
+    ids=[
+        "other-weights",
+        "json-as-weights",
+        "folder-as-weights",
+        "text-with-its-sha256",
+        "other-tensors-with-their-sha256",
+        "corrupt-json",
+        "foreign-json",
+        "no-weights",
+        "no-data-dir",
+        "file-as-data-dir",
+        "no-test-split",
+        "no-class-folders",
+    ],
 )
 def test_bad_refresh_is_a_one_line_error_and_touches_nothing(
     make_args, message: str, app_dir: Path, image_folder: Path, tmp_path: Path, capsys
