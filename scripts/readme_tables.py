@@ -10,6 +10,7 @@ python scripts/readme_tables.py runs RESULTS.jsonl   # notebook runs from benchm
 """
 
 import argparse
+import errno
 import json
 from pathlib import Path
 
@@ -96,6 +97,8 @@ def classes_table(evaluate_json: str) -> str:
 
 def misclassified_table(folder: str = "misclassified_images", n: int = 10) -> str:
     paths = sorted(Path(folder).glob("*_as_*.png"))[:n]
+    if not paths:  # run from another folder, or before any export: say so rather than print an empty table
+        raise FileNotFoundError(errno.ENOENT, "no exported mistakes (*_as_*.png) in it", folder)
     cells = [(caption(*parse_file_name(path.name)), f"{folder}/{path.name}") for path in paths]
     lines = [
         "| " + " | ".join(str(i) for i in range(1, len(cells) + 1)) + " |",

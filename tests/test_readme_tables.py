@@ -85,6 +85,18 @@ def test_a_bad_command_line_is_a_usage_error(main, repo, monkeypatch, capsys, ar
     assert_usage_error(exited.value.code, capsys.readouterr().err, *words)
 
 
+@pytest.mark.parametrize("subcommand", ["epochs", "misclassified"])
+def test_tables_of_default_paths_run_from_another_folder_say_what_is_missing(
+    main, tmp_path, monkeypatch, capsys, subcommand
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main([subcommand])
+    assert_usage_error(
+        exited.value.code, capsys.readouterr().err, "No such file" if subcommand == "epochs" else "no exported mistakes"
+    )
+
+
 @pytest.mark.parametrize("subcommand", ["sweep", "runs"])
 def test_a_jsonl_file_error_names_its_line(main, tmp_path, capsys, subcommand):
     broken = tmp_path / "broken.jsonl"
