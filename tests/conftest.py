@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny CIFAR-like image-folder tree made of random images, and a tiny learnable one
-(coloured squares) with one short fit on it that the tests of the learning and of Grad-CAM share."""
+"""Shared fixtures: a tiny CIFAR-like image-folder tree made of random images, a tiny learnable one (coloured
+squares) with one short fit on it that the tests of the learning and of Grad-CAM share, and a forbidden LR finder."""
 
 from pathlib import Path
 
@@ -34,6 +34,14 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture
+def no_lr_finder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LR finder, if a test's code path runs it, fails the test (it should stop, or skip it, before)."""
+    from era_utils import train
+
+    monkeypatch.setattr(train, "run_lr_finder", lambda *args: pytest.fail("the LR finder ran"))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import torch
 from learning_helpers import cpu_config
 from torch.utils.data import DataLoader
 
-from era_utils import train
 from era_utils.data import CIFAR10DataModule
 from era_utils.lit_module import CheckpointMismatchError
 from era_utils.train import build_datamodule, build_net, choose_max_lr, fit, main
@@ -116,8 +115,8 @@ def finished_run(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -
     return out
 
 
-def test_resume_takes_the_checkpoints_max_lr_and_does_not_run_the_lr_finder(image_folder, finished_run, monkeypatch):
-    monkeypatch.setattr(train, "run_lr_finder", lambda *args: pytest.fail("the LR finder ran on resume"))
+@pytest.mark.usefixtures("no_lr_finder")
+def test_resume_takes_the_checkpoints_max_lr_and_does_not_run_the_lr_finder(image_folder, finished_run):
     cfg = cpu_config(image_folder, finished_run, max_lr=None, resume=True)
     assert choose_max_lr(cfg, build_net(cfg), build_datamodule(cfg)) == FIRST_MAX_LR
 

@@ -163,7 +163,6 @@ def test_config_ranges_hold_outside_the_cli_too_and_accept_their_edges():
 def test_default_precision_on_cpu_is_bf16_only_where_the_cpu_runs_it_fast(
     image_folder, tmp_path, monkeypatch, fast_bf16, expected
 ):
-    from era_utils import train
 
     monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: fast_bf16)
     assert train.default_precision(_cfg(image_folder, tmp_path, accelerator="cpu")) == expected
@@ -172,14 +171,12 @@ def test_default_precision_on_cpu_is_bf16_only_where_the_cpu_runs_it_fast(
 
 
 def test_without_pytorchs_bf16_check_the_cpu_counts_as_fp32_only(monkeypatch):
-    from era_utils import train
 
     monkeypatch.setattr(torch.ops, "mkldnn", object())  # a PyTorch release without the private op
     assert train.cpu_has_fast_bf16() is False
 
 
 def test_asking_for_bf16_on_a_cpu_without_fast_bf16_warns(image_folder, tmp_path, monkeypatch):
-    from era_utils import train
 
     monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: False)
     cfg = _cfg(image_folder, tmp_path, accelerator="cpu", precision="bf16-mixed")
@@ -223,12 +220,8 @@ def test_two_process_ddp_fast_dev_run(image_folder, tmp_path, repo):
     assert (out / "model.safetensors").is_file()
 
 
-def _no_lr_finder(monkeypatch) -> None:
-    monkeypatch.setattr(train, "run_lr_finder", lambda *args: pytest.fail("the LR finder ran"))
-
-
-def test_resume_without_a_checkpoint_is_a_clear_error_before_any_work(image_folder, tmp_path, capsys, monkeypatch):
-    _no_lr_finder(monkeypatch)
+@pytest.mark.usefixtures("no_lr_finder")
+def test_resume_without_a_checkpoint_is_a_clear_error_before_any_work(image_folder, tmp_path, capsys):
     out = tmp_path / "empty"
     code = main(["--data-dir", str(image_folder), "--out", str(out), "--resume", "--num-workers", "0", *CPU_FLAGS])
     assert code == 2
@@ -245,10 +238,8 @@ def test_resume_without_a_checkpoint_is_a_clear_error_before_any_work(image_fold
         pytest.param("--accelerator", "gpu", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU")),
     ],
 )
-def test_bad_hardware_settings_stop_with_one_clear_line_before_any_work(
-    flag, value, image_folder, tmp_path, capsys, monkeypatch
-):
-    _no_lr_finder(monkeypatch)
+@pytest.mark.usefixtures("no_lr_finder")
+def test_bad_hardware_settings_stop_with_one_clear_line_before_any_work(flag, value, image_folder, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["--data-dir", str(image_folder), "--out", str(out), "--num-workers", "0", flag, value])
     assert code == 2
@@ -257,8 +248,8 @@ def test_bad_hardware_settings_stop_with_one_clear_line_before_any_work(
     assert not out.exists()
 
 
-def test_an_output_folder_that_cannot_be_made_is_a_clear_error(image_folder, tmp_path, capsys, monkeypatch):
-    _no_lr_finder(monkeypatch)
+@pytest.mark.usefixtures("no_lr_finder")
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(image_folder, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     code = main(["--data-dir", str(image_folder), "--out", str(blocker / "run"), "--num-workers", "0", *CPU_FLAGS])
