@@ -122,6 +122,11 @@ class TrainConfig:
     def images_dir(self) -> Path:
         return self.out_path / "images"
 
+    @property
+    def app_path(self) -> Path:
+        """Where the weights, the app's examples and its misclassified store go."""
+        return Path(self.app_dir) if self.app_dir else self.out_path
+
 
 @dataclass
 class RunResult:
@@ -285,7 +290,7 @@ def choose_max_lr(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule) ->
 
 def make_output_dirs(cfg: TrainConfig) -> None:
     """The plots' folder and the app's, or one clear error if a file stands in the way or access is denied."""
-    for folder in (cfg.images_dir, Path(cfg.app_dir or cfg.out)):
+    for folder in (cfg.images_dir, cfg.app_path):
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -369,12 +374,15 @@ def export_artifacts(
     metrics = preds.report()  # the schema model.json carries: see Predictions.report
     training = asdict(cfg) | {"max_lr": max_lr}
     indices = report_indices(cfg, dm)
-    target = Path(cfg.app_dir) if cfg.app_dir else cfg.out_path
     save_store(
-        dm.test_split.images[indices], preds.labels, preds.probs, target / "misclassified.npz", test_indices=indices
+        dm.test_split.images[indices],
+        preds.labels,
+        preds.probs,
+        cfg.app_path / "misclassified.npz",
+        test_indices=indices,
     )
-    save_examples(dm, target / "examples")
-    return export_model(net, target, metrics, training)
+    save_examples(dm, cfg.app_path / "examples")
+    return export_model(net, cfg.app_path, metrics, training)
 
 
 def run(cfg: TrainConfig) -> RunResult:
