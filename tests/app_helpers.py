@@ -1,5 +1,6 @@
 """Helpers for the Space's tests, its benchmark and its screenshot script: start the app in a
-subprocess, wait for it, craft PNG files (decompression bombs, 16-bit) without decoding them."""
+subprocess, wait for it, craft PNG files (decompression bombs, 16-bit) without decoding them; and import
+a script of the Space, scripts/ or benchmarks/ as a module."""
 
 from __future__ import annotations
 
@@ -46,17 +47,17 @@ runpy.run_path(app, run_name="__main__")
 APP_FILES = ("app.py", "inference.py", "explain.py", "model.py", "model.json", "model.safetensors", "misclassified.npz")
 
 
-def load_space_module(app_dir: Path, name: str) -> ModuleType:
-    """`app_dir/<name>.py` imported under a name of its own (space_app/ is a folder of scripts, not a package),
-    its imports of the Space's other files resolved from `app_dir`."""
-    sys.path.insert(0, str(app_dir))
+def load_file_module(folder: Path, name: str) -> ModuleType:
+    """`folder/<name>.py` imported under a name of its own (space_app/, scripts/ and benchmarks/ are folders of
+    scripts, not packages), its imports of its sibling files resolved from `folder`."""
+    sys.path.insert(0, str(folder))
     try:
-        spec = importlib.util.spec_from_file_location(f"space_{name}_under_test", app_dir / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"{folder.name}_{name}_under_test", folder / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # its dataclasses look their module up there
         spec.loader.exec_module(module)
     finally:
-        sys.path.remove(str(app_dir))
+        sys.path.remove(str(folder))
     return module
 
 

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from app_helpers import APP_DIR, load_space_module
+from app_helpers import APP_DIR, load_file_module
 from torch import nn
 
 from era_utils.config import NUM_CLASSES
@@ -160,7 +160,7 @@ def test_every_batch_norm_is_replaced_and_the_state_dict_is_unchanged(nets) -> N
 
 def test_converted_weights_load_strictly_into_the_plain_and_the_space_model(nets) -> None:
     _, ghost = nets
-    for model_class in (CustomResNet, load_space_module(APP_DIR, "model").CustomResNet):
+    for model_class in (CustomResNet, load_file_module(APP_DIR, "model").CustomResNet):
         fresh = model_class(NUM_CLASSES, logit_scale=0.125)
         fresh.load_state_dict(ghost.state_dict(), strict=True)
         assert all(type(m) is nn.BatchNorm2d for m in fresh.modules() if isinstance(m, nn.BatchNorm2d))

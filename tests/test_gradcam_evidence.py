@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from app_helpers import copy_app, load_space_module
+from app_helpers import copy_app, load_file_module
 from learning_helpers import SQUARE
 
 from era_utils.export import export_model
@@ -81,7 +81,7 @@ def test_the_spaces_gradcam_points_at_the_square_too(squares_fit, trained, test_
     _, labels, uint8_images = test_split
     app_dir = copy_app(tmp_path / "space_app")
     export_model(squares_fit.lit.net, app_dir)  # the Space's own model files, for the net trained on squares
-    classifier = load_space_module(app_dir, "inference").Classifier(app_dir)
+    classifier = load_file_module(app_dir, "inference").Classifier(app_dir)
     true = classifier.cam_masks(uint8_images, labels.tolist(), LAYER)
     assert hit_rate(true, squares.test_corners) >= 0.7
     other = classifier.cam_masks(uint8_images, ((labels + 1) % 10).tolist(), LAYER)

@@ -2,15 +2,14 @@
 the committed run, the papermill command it records, and the README's table of runs. (The smoke run that
 executes the notebook through the runner, records it and ships it is in test_notebook.py.)"""
 
-import importlib.util
 import json
 import re
 import shlex
 from pathlib import Path
-from types import ModuleType
 
 import pandas as pd
 import pytest
+from app_helpers import load_file_module
 from click.testing import CliRunner
 from papermill.cli import papermill as papermill_cli
 from papermill.exceptions import PapermillExecutionError
@@ -18,16 +17,8 @@ from papermill.exceptions import PapermillExecutionError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_script(path: Path) -> ModuleType:
-    """A script of benchmarks/ or scripts/ as a module (neither folder is a package)."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-runner = load_script(REPO / "benchmarks" / "notebook_run.py")
-tables = load_script(REPO / "scripts" / "readme_tables.py")
+runner = load_file_module(REPO / "benchmarks", "notebook_run")
+tables = load_file_module(REPO / "scripts", "readme_tables")
 
 
 def test_set_parses_each_value_as_its_fields_type():

@@ -3,11 +3,11 @@ The script runs as a subprocess where its exit matters (each run imports torch, 
 error cases call its main() in this process."""
 
 import os
-import runpy
 import subprocess
 import sys
 
 import pytest
+from app_helpers import load_file_module
 
 from era_utils.config import CLASS_NAMES
 
@@ -64,7 +64,7 @@ def test_classes_prints_a_row_for_each_class(repo):
 
 @pytest.fixture(scope="module")
 def main(repo):
-    return runpy.run_path(str(repo / "scripts" / "readme_tables.py"))["main"]
+    return load_file_module(repo / "scripts", "readme_tables").main
 
 
 @pytest.mark.parametrize(
