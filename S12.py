@@ -24,7 +24,8 @@
 # ## Parameters
 # papermill overrides these. `SMOKE = True` trains on 20 images per class for one epoch (CI runs the
 # notebook that way). `DATA_DIR = None` downloads CIFAR-10 (Colab); offline, point it at an image
-# folder such as `../shared/data/cifar10-jpeg`. `MAX_LR = None` takes the LR finder's suggestion.
+# folder such as `../shared/data/cifar10-jpeg`. `MAX_LR = 0.01` is the committed run's OneCycle peak, read off
+# the LR finder's plot (see the README); `None` takes the finder's own suggestion instead.
 # `OVERRIDES` sets any other `TrainConfig` field, e.g. `{"weight_decay": 0.2, "label_smoothing": 0.2}`
 # (headless: `-y '{OVERRIDES: {weight_decay: 0.2}}'`); empty keeps the package defaults.
 
@@ -33,7 +34,7 @@ SMOKE = False
 EPOCHS = 24
 DATA_DIR = None
 OUT = "."
-MAX_LR = None
+MAX_LR = 0.01
 OVERRIDES = {}
 REPO_URL = "https://github.com/OWNER/REPO.git"  # this repository on GitHub (used in Colab only)
 
@@ -46,17 +47,17 @@ REPO_URL = "https://github.com/OWNER/REPO.git"  # this repository on GitHub (use
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 if importlib.util.find_spec("era_utils") is None and "google.colab" in sys.modules:
     if "OWNER/REPO" in REPO_URL:
         raise SystemExit("Set REPO_URL in the parameters cell to this repository's GitHub URL, then run all again.")
-    subprocess.run(["git", "clone", "--depth", "1", REPO_URL, "/content/S12"], check=True)
+    if not Path("/content/S12").is_dir():  # cloned already, before a runtime restart
+        subprocess.run(["git", "clone", "--depth", "1", REPO_URL, "/content/S12"], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/S12/requirements.txt"], check=True)
     sys.path.insert(0, "/content/S12")
 
 # %%
-from pathlib import Path
-
 import torch
 from IPython.display import Image, display
 

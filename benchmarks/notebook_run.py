@@ -262,6 +262,50 @@ def execute(run_dir: Path, parameters: dict) -> str | None:
     return None
 
 
+TERMINAL_CONTROL = re.compile(r"(\r|\n|\x1b\[[0-9;?]*[A-Za-z])")
+
+
+def as_a_terminal_shows(text: str) -> str:
+    """`text` as a terminal shows it: a carriage return goes back to the line's start to write over it, ESC[A
+    goes up a line (tqdm's nested validation bar), other escape codes are dropped. Progress bars end as their
+    last state, not as hundreds of updates, and no "[A" litters GitHub's rendering."""
+    lines, row, col = [""], 0, 0
+    for token in TERMINAL_CONTROL.split(text):
+        if token == "\n":
+            row, col = row + 1, 0
+            lines += [""] * (row + 1 - len(lines))
+        elif token == "\r":
+            col = 0
+        elif token == "\x1b[A":
+            row = max(row - 1, 0)
+        elif token and not token.startswith("\x1b"):
+            lines[row] = lines[row][:col].ljust(col) + token + lines[row][col + len(token) :]
+            col += len(token)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def tidy(path: Path) -> None:
+    """The executed notebook as a reader should see it: without papermill's injected-parameters cell (the run's
+    parameters stay in its papermill metadata; the cell would pin a local DATA_DIR on a Colab user), each run of
+    printed text in one output, as a terminal shows it (blank ones dropped)."""
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells = [c for c in notebook.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    for cell in notebook.cells:
+        outputs = []
+        for output in cell.get("outputs", []):
+            last = outputs[-1] if outputs else None
+            if output.output_type == "stream" and last and last.output_type == "stream" and last.name == output.name:
+                last.text += output.text
+            else:
+                outputs.append(output)
+        for output in outputs:
+            if output.output_type == "stream":
+                output.text = as_a_terminal_shows(output.text)
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in outputs if o.output_type != "stream" or o.text.strip()]
+    nbformat.write(notebook, path)
+
+
 def append(results: Path, line: dict) -> None:
     text = json.dumps(line)
     print(text, flush=True)
@@ -294,12 +338,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         raise SystemExit(f"--data-dir {args.data_dir}: no such folder")
     if run_dir.exists():
         raise SystemExit(f"{run_dir} exists: pick another NAME, or delete that run first")
-    parameters = {"DATA_DIR": str(data_dir), "SMOKE": args.smoke, "MAX_LR": args.max_lr, "OVERRIDES": overrides}
+    parameters = {"DATA_DIR": str(data_dir), "SMOKE": args.smoke, "OVERRIDES": overrides}
     parameters = {k: v for k, v in parameters.items() if v}  # the rest keeps the notebook's defaults
+    parameters["MAX_LR"] = args.max_lr  # always: None (the finder's suggestion) is not the notebook's default
     copy_repository(REPO, run_dir)
     known = runner_facts(parameters, argv)
     print(f"running {run_dir / NOTEBOOK}; follow it with: tail -f {run_dir / 'papermill.log'}", flush=True)
     error = execute(run_dir, parameters)
+    tidy(run_dir / NOTEBOOK)
     line = build_record(args.name, run_dir) | known
     line["torch"] = line["torch"] or torch.__version__  # the kernel is this interpreter (the python3 kernel)
     if error:

@@ -7,6 +7,7 @@ import re
 import shlex
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
 from app_helpers import load_file_module
@@ -149,3 +150,57 @@ def test_runs_table_renders_the_committed_results(repo):
     results = repo / "benchmarks" / "results" / "notebook_runs.jsonl"
     rows = tables.runs_table(str(results)).splitlines()[2:]
     assert len(rows) == len(results.read_text().splitlines()) and rows[0].startswith("| committed-baseline |")
+
+
+def test_max_lr_finder_reaches_the_notebook_as_none_not_as_its_default(tmp_path, monkeypatch):
+    passed = {}
+
+    def execute(notebook, output, parameters, **kwargs):
+        passed.update(parameters)
+
+    monkeypatch.setattr(runner.papermill, "execute_notebook", execute)
+    runner.main(run_args(tmp_path, "--max-lr", "finder"))
+    assert "MAX_LR" in passed and passed["MAX_LR"] is None
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("\rEpoch 0:  10%\rEpoch 0: 100%|done\n", "Epoch 0: 100%|done\n"),  # a bar's updates: its last state
+        ("long line\rshort\n", "shortline\n"),  # a carriage return writes over, it does not erase
+        # tqdm's nested bar: a line below, then ESC[A back up to the main bar
+        ("\rTrain 50%\n\rVal 0%\x1b[A\n\rVal 100%\x1b[A\rTrain 100%", "Train 100%\nVal 100%"),
+        ("\x1b[1mbold\x1b[0m plain\n", "bold plain\n"),
+    ],
+)
+def test_printed_text_is_kept_as_a_terminal_shows_it(text, shown):
+    assert runner.as_a_terminal_shows(text) == shown
+
+
+def test_tidy_drops_the_injected_cell_and_joins_each_run_of_printed_text(tmp_path):
+    output = nbformat.v4.new_output
+    injected = nbformat.v4.new_code_cell('DATA_DIR = "/my/laptop/data"', metadata={"tags": ["injected-parameters"]})
+    cell = nbformat.v4.new_code_cell("fit()")
+    cell.outputs = [
+        output("stream", name="stderr", text="\rEpoch 0:  50%"),
+        output("stream", name="stderr", text="\rEpoch 0: 100%\n"),
+        output("display_data", data={"text/plain": "<figure>"}),
+        output("stream", name="stdout", text="\r   \r"),
+        output("stream", name="stdout", text="done\n"),
+    ]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[injected, cell], metadata={"papermill": {"parameters": {}}}), path)
+    runner.tidy(path)
+    tidied = nbformat.read(path, as_version=4)
+    assert [c.source for c in tidied.cells] == ["fit()"] and "papermill" in tidied.metadata
+    kinds = [(o.output_type, o.get("text")) for o in tidied.cells[0].outputs]
+    assert kinds == [("stream", "Epoch 0: 100%\n"), ("display_data", None), ("stream", "done\n")]
+
+
+def test_the_committed_notebook_pins_no_local_data_folder_and_shows_no_raw_progress_bars(repo):
+    notebook = json.loads((repo / "S12.ipynb").read_text())
+    assert not [c for c in notebook["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    parameters = next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))
+    assert "DATA_DIR = None\n" in parameters["source"], "in Colab the notebook must download CIFAR-10"
+    streams = ["".join(o["text"]) for c in notebook["cells"] for o in c.get("outputs", []) if "text" in o]
+    assert streams and not [s for s in streams if "\r" in s or "\x1b" in s]
