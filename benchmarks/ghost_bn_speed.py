@@ -30,6 +30,7 @@ from torch import nn
 from era_utils.config import NUM_CLASSES
 from era_utils.ghost_bn import GhostBatchNorm2d, use_ghost_batch_norm
 from era_utils.model import CustomResNet
+from era_utils.train import TrainConfig
 
 
 class FoldedGhostBatchNorm2d(GhostBatchNorm2d):
@@ -97,7 +98,7 @@ VARIANTS: dict[str, type[nn.BatchNorm2d] | None] = {
 def network(variant: type[nn.BatchNorm2d] | None, ghost_batch_size: int) -> CustomResNet:
     """The same initial weights for every variant, channels_last, in training mode."""
     torch.manual_seed(0)
-    net = CustomResNet(NUM_CLASSES, logit_scale=0.125)
+    net = CustomResNet(NUM_CLASSES, logit_scale=TrainConfig.logit_scale)
     if variant is not None:
         use_ghost_batch_norm(net, ghost_batch_size)
         for module in net.modules():

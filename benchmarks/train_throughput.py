@@ -28,7 +28,7 @@ from era_utils.train import TrainConfig, default_precision
 def bare_loop(dm: CIFAR10DataModule, steps: int, warmup: int, bf16: bool) -> float:
     """Images/s of a hand-written loop: autocast, channels_last, AdamW + OneCycle, like the module."""
     torch.manual_seed(0)
-    net = CustomResNet(NUM_CLASSES, logit_scale=0.125).to(memory_format=torch.channels_last).train()
+    net = CustomResNet(NUM_CLASSES, logit_scale=TrainConfig.logit_scale).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.05)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.01, total_steps=steps + warmup + 1)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
@@ -68,7 +68,7 @@ def lightning_pipeline(dm: CIFAR10DataModule, steps: int, warmup: int, precision
     """Images/s of `Trainer.fit` with the project's LightningModule; data loading included."""
     torch.manual_seed(0)
     timer = StepTimer(warmup)
-    lit = LitClassifier(CustomResNet(NUM_CLASSES, logit_scale=0.125), NUM_CLASSES, max_lr=0.01)
+    lit = LitClassifier(CustomResNet(NUM_CLASSES, logit_scale=TrainConfig.logit_scale), NUM_CLASSES, max_lr=0.01)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,

@@ -107,7 +107,7 @@ def confusion_rows(metrics: dict[str, Any], classes: list[str]) -> list[list[Any
 
 
 def _worst_confusions(confusion: list[list[Any]], classes: list[str], k: int = 3) -> str:
-    """E.g. "cat taken for dog (108×), dog taken for cat (86×)": the k largest off-diagonal counts."""
+    """E.g. "dog taken for cat (92×), cat taken for dog (79×)": the k largest off-diagonal counts."""
     pairs = [(row[j + 1], row[0], pred) for row in confusion for j, pred in enumerate(classes) if pred != row[0]]
     return ", ".join(f"{true} taken for {pred} ({count}×)" for count, true, pred in sorted(pairs, reverse=True)[:k])
 
