@@ -135,7 +135,8 @@ trainer, lit = fit(cfg, net, dm, max_lr)
 
 # %% [markdown]
 # ## Training log and curves
-# One row per epoch from Lightning's CSV log (validation columns use the EMA weights).
+# One row per epoch from Lightning's CSV log (validation columns use the EMA weights), counted from 1; Lightning's
+# progress bar above counts from 0, so its `Epoch 23` is epoch 24 here.
 
 # %%
 history = epoch_table(Path(trainer.logger.log_dir) / "metrics.csv")
