@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import gradio as gr
 import numpy as np
 from explain import DEFAULT_METHOD, HIDDEN_SHARE, METHODS
+from gradio.utils import get_upload_folder, is_in_or_equal
 from inference import (
     APP_DIR,
     EXAMPLES_DIR,
@@ -73,6 +74,15 @@ def _image_path(value: Any) -> str:
     if isinstance(value, (str, os.PathLike)):
         return os.fspath(value)
     raise InputError(f"The image must be an uploaded file, got {type(value).__name__}.")
+
+
+def _check_received(path: str, examples_dir: Path) -> None:
+    """A request's image must be a file Gradio received (its upload folder) or one of the app's examples.
+
+    Events run with preprocess=False, so Gradio does not check a payload without its FileData "meta": an API
+    caller could name any file on the server, to have it classified, read back as the model input, or probed."""
+    if not any(is_in_or_equal(path, root) for root in (get_upload_folder(), examples_dir)):
+        raise InputError("The image must be a file uploaded to this app (gradio_client.handle_file), not a path.")
 
 
 def _side_by_side(panels: list[np.ndarray]) -> np.ndarray:
@@ -336,9 +346,19 @@ class SpaceApp:
 
         return handler
 
+    def _for_request(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """`_for_visitor` for a handler of an image (its first argument) sent over the web: see `_check_received`."""
+
+        @functools.wraps(fn)
+        def handler(image: Any, *args: Any) -> T:
+            _check_received(_image_path(image), self.app_dir / EXAMPLES_DIR)
+            return fn(image, *args)
+
+        return self._for_visitor(handler)
+
     def _skip_without_image(self, fn: Callable[..., T], empty: Any) -> Callable[..., Any]:
         """For events fired by editing controls: with no image yet, clear the outputs quietly."""
-        wrapped = self._for_visitor(fn)
+        wrapped = self._for_request(fn)
 
         def handler(image: Any, *args: Any) -> Any:
             return empty if image is None else wrapped(image, *args)
@@ -542,9 +562,9 @@ class SpaceApp:
             )
             # The public API: /predict (image, top_k) -> label, then /explain and /misclassified.
             submit.click(
-                self._for_visitor(self.predict), [image, top_k], label, api_name="predict", preprocess=False
+                self._for_request(self.predict), [image, top_k], label, api_name="predict", preprocess=False
             ).success(
-                self._for_visitor(self.explain), cam_inputs, [seen, cam_gallery], api_name="explain", preprocess=False
+                self._for_request(self.explain), cam_inputs, [seen, cam_gallery], api_name="explain", preprocess=False
             )
             # Uploading or clicking an example re-runs without a click; so does moving k, without
             # repeating the notes about the image (and without heatmaps, which do not depend on k).

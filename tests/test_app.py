@@ -828,6 +828,29 @@ def test_http_upload_size_is_capped(client, server, tmp_path: Path) -> None:
     assert len(out["confidences"]) == 2
 
 
+def _raw_call(url: str, endpoint: str, data: list) -> str:
+    """An API call as any HTTP client can send it, past gradio_client's checks: the event stream's text."""
+    event = httpx.post(f"{url}gradio_api/call/{endpoint}", json={"data": data}, timeout=30).json()["event_id"]
+    return httpx.get(f"{url}gradio_api/call/{endpoint}/{event}", timeout=60).text
+
+
+def test_http_a_path_on_the_server_is_refused_not_read(server, tmp_path: Path) -> None:
+    """A FileData payload without its "meta" is not checked by Gradio (preprocess=False): the app refuses any
+    path outside Gradio's upload folder and its examples, before it looks at the file."""
+    elsewhere = tmp_path / "not_uploaded.png"
+    elsewhere.write_bytes((APP_DIR / "examples" / "horse.png").read_bytes())
+    for path in (elsewhere, APP_DIR / "model.safetensors", Path("/nonexistent/x.png")):
+        for endpoint, data in (
+            ("predict", [{"path": str(path)}, 3]),
+            ("explain", [{"path": str(path)}, True, 1, "layer3", 0.5, "Grad-CAM", "top"]),
+        ):
+            events = _raw_call(server[0], endpoint, data)
+            assert "event: error" in events and "uploaded to this app" in events, (path, endpoint, events)
+            assert "horse" not in events and "MB" not in events and "could not be read" not in events
+    example = server[0], "predict", [{"path": str(Path(server[2]).parent / "space_app" / "examples" / "cat.png")}, 1]
+    assert '"label": "cat"' in _raw_call(*example), "the app's own examples must still be served"
+
+
 def test_a_request_gradio_refuses_before_the_app_says_why(client) -> None:
     from gradio_client import handle_file
 
