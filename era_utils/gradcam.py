@@ -3,11 +3,11 @@
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from era_utils.model import GRADCAM_LAYERS, CustomResNet, gradcam_layer
@@ -26,6 +26,16 @@ def gradcam_masks(
         return cam(input_tensor=images.float(), targets=targets)
 
 
+def blend(photo: np.ndarray, mask: np.ndarray, opacity: float) -> np.ndarray:
+    """uint8 RGB: the JET heatmap of `mask` in [0, 1] (grad-cam's colours) mixed linearly into `photo` (RGB, [0, 1]).
+
+    Not grad-cam's show_cam_on_image: it divides the mix by its maximum, which brightens a dark photo, so that its
+    opacity 0 would not be the photo.
+    """
+    heatmap = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * mask), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB) / 255.0
+    return np.uint8(np.round(255 * ((1.0 - opacity) * photo + opacity * heatmap)))
+
+
 def gradcam_overlays(
     net: CustomResNet,
     images: torch.Tensor,
@@ -41,11 +51,7 @@ def gradcam_overlays(
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
     masks = gradcam_masks(net, images, layer, target_classes)
     photos = denormalize(images.detach().cpu().numpy())
-    overlays = [
-        show_cam_on_image(photo, mask, use_rgb=True, image_weight=1.0 - opacity)
-        for photo, mask in zip(photos, masks, strict=True)
-    ]
-    return np.stack(overlays)
+    return np.stack([blend(photo, mask, opacity) for photo, mask in zip(photos, masks, strict=True)])
 
 
 def gradcam_grid(

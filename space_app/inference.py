@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from explain import DEFAULT_METHOD, METHODS, faithfulness
 from explain import cam_masks as compute_cam_masks
 from model import ARCHITECTURE, GRADCAM_LAYERS, CustomResNet, gradcam_layer
 from PIL import Image, ImageOps
-from pytorch_grad_cam.utils.image import show_cam_on_image
 from safetensors.torch import load_file
 
 APP_DIR = Path(__file__).resolve().parent
@@ -307,12 +307,14 @@ def enlarge(image: np.ndarray, scale: int = DISPLAY_SCALE) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, opacity: float, scale: int = DISPLAY_SCALE) -> np.ndarray:
-    """The heatmap over the enlarged uint8 image; opacity 0 shows the photo only, 1 the heatmap only."""
-    photo = enlarge(image, scale).astype(np.float32) / 255.0
+    """The JET heatmap (grad-cam's colours) mixed linearly into the enlarged uint8 image: opacity 0 is the photo
+    exactly, 1 the heatmap only. Not show_cam_on_image, which divides the mix by its maximum and so brightens a
+    dark photo."""
+    photo = enlarge(image, scale).astype(np.float32)
     h, w = photo.shape[:2]
     smooth = np.asarray(Image.fromarray(mask.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR))
-    # show_cam_on_image's image_weight is the weight of the photo.
-    return show_cam_on_image(photo, np.clip(smooth, 0.0, 1.0), use_rgb=True, image_weight=1.0 - opacity)
+    heatmap = cv2.applyColorMap(np.uint8(255 * np.clip(smooth, 0.0, 1.0)), cv2.COLORMAP_JET)
+    return np.uint8(np.round((1.0 - opacity) * photo + opacity * cv2.cvtColor(heatmap, cv2.COLOR_BGR2RGB)))
 
 
 # ---------------------------------------------------------------------------- misclassified store
