@@ -103,7 +103,11 @@ def faithfulness(
 def _seeded(
     metric: PerturbationConfidenceMetric, net: nn.Module, x: torch.Tensor, ranks: np.ndarray, targets: list
 ) -> np.ndarray:
-    """The metric's scores, with the imputation's noise seeded: the same request gives the same numbers."""
+    """The metric's scores, with the imputation's noise seeded for each image on its own: a heatmap gets the same
+    numbers in every request, whatever else the batch holds and wherever it sits in it."""
+    scores = []
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(0)
-        return np.asarray(metric(x, ranks, targets, net, return_diff=False), np.float32)
+        for i, target in enumerate(targets):
+            torch.manual_seed(0)
+            scores.append(metric(x[i : i + 1], ranks[i : i + 1], [target], net, return_diff=False)[0])
+    return np.asarray(scores, np.float32)
