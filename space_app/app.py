@@ -561,11 +561,13 @@ class SpaceApp:
                 trigger_mode="always_last",
             )
             # The public API: /predict (image, top_k) -> label, then /explain and /misclassified.
+            # A refused image must not leave the last image's input and heatmaps beside it.
+            clear_explanation = dict(fn=lambda: (None, []), outputs=[seen, cam_gallery], api_visibility="private")
             submit.click(
                 self._for_request(self.predict), [image, top_k], label, api_name="predict", preprocess=False
             ).success(
                 self._for_request(self.explain), cam_inputs, [seen, cam_gallery], api_name="explain", preprocess=False
-            )
+            ).failure(**clear_explanation)
             # Uploading or clicking an example re-runs without a click; so does moving k, without
             # repeating the notes about the image (and without heatmaps, which do not depend on k).
             rank_event = dict(
@@ -575,7 +577,9 @@ class SpaceApp:
                 api_visibility="private",
                 trigger_mode="always_last",
             )
-            image.change(self._skip_without_image(self.predict, None), **rank_event).success(**explain_event)
+            image_changed = image.change(self._skip_without_image(self.predict, None), **rank_event)
+            image_changed.success(**explain_event)
+            image_changed.failure(**clear_explanation)
             top_k.change(self._skip_without_image(self.rerank, None), **rank_event)
             gr.on(
                 [show_cam.change, n_cams.change, layer.change, opacity.change, method.change, target.change],

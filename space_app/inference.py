@@ -181,8 +181,8 @@ def open_image(path: str | os.PathLike[str], image_size: int) -> LoadedImage:
         width, height = im.size
         if width * height > MAX_PIXELS:
             raise InputError(
-                f"The image is {width}×{height} = {width * height / 1e6:.0f} megapixels; "
-                f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels."
+                f"The image is {width}×{height} = {width * height:,} pixels; "
+                f"the limit is {MAX_PIXELS:,} ({MAX_PIXELS / 1e6:.0f} megapixels)."
             )
         if width < 1 or height < 1:
             raise InputError("The image has no pixels.")

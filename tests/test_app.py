@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import math
 import re
 import sys
 import time
@@ -317,6 +318,14 @@ def test_decompression_bomb_is_refused_from_its_header(sp: space.SpaceApp, tmp_p
     with pytest.raises(gr.Error, match="megapixels"):
         ui(sp.predict)(str(path), 3)
     assert time.perf_counter() - start < 2.0
+
+
+def test_an_image_just_over_the_pixel_limit_is_told_by_how_much(sp: space.SpaceApp, tmp_path: Path) -> None:
+    side = math.isqrt(inference.MAX_PIXELS) + 1  # 6325: 40,005,625 pixels, "40 megapixels" when rounded
+    with pytest.raises(
+        gr.Error, match=f"{side}×{side} = {side * side:,} pixels; the limit is {inference.MAX_PIXELS:,}"
+    ):
+        ui(sp.predict)(str(write_png(tmp_path / "big.png", side, side, bit_depth=1)), 3)
 
 
 def _rgba_transparent(p: Path) -> Path:
@@ -981,6 +990,14 @@ def test_browser_upload_set_k_and_read_labels(server, sp: space.SpaceApp, tmp_pa
             cut_captions = page.evaluate(
                 """() => [...document.querySelectorAll('.captioned .caption-label')]
                 .map(c => [c.textContent, c.scrollWidth > c.clientWidth || c.scrollHeight > c.clientHeight])"""
+            )
+            # A refused upload clears the last image's model input and heatmaps, not to leave them beside it.
+            (tmp_path / "notes.png").write_text("hello")
+            page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "notes.png"))
+            page.get_by_text("not an image").first.wait_for(timeout=60_000)
+            page.wait_for_function(
+                "!document.querySelector('#model-input img') && !document.querySelector('#gradcam-gallery img')",
+                timeout=30_000,
             )
             page.locator("#about").get_by_text("About the model").click()
             page.locator("#about-text").wait_for(timeout=10_000)
