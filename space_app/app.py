@@ -58,6 +58,12 @@ CSS = """
 .captioned .grid-wrap.fixed-height { min-height: 0; max-height: none; overflow-y: visible; }
 .captioned .grid-container { padding-top: var(--size-6); }  /* clear of the gallery's label */
 #confusion td, #confusion th { text-align: right; }
+/* Phones: the gallery's label wraps to two lines, and a mistake with its two heatmaps needs the whole width. */
+@media (max-width: 640px) {
+  .captioned .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; padding-top: 4.5rem; }
+  .captioned .grid-container { grid-auto-rows: auto !important; grid-template-rows: none !important; }
+  #misclassified-gallery .grid-container { grid-template-columns: minmax(0, 1fr) !important; }
+}
 """
 
 

@@ -1022,3 +1022,40 @@ def test_no_stray_files_in_the_space() -> None:
     allowed |= {"__pycache__", "LICENSE", "pre-requirements.txt"}  # the last two: the publishing files
     allowed |= {"model.json", "model.safetensors", "misclassified.npz", ".gitattributes"}
     assert {p.name for p in APP_DIR.iterdir()} <= allowed
+
+
+@pytest.mark.browser
+def test_browser_on_a_phone_the_galleries_clear_their_labels_and_fit_the_width(server) -> None:
+    """390 px wide: each gallery's first images start below its (wrapped) label, heatmaps two to a row, a
+    mistake with its two heatmaps one to a row, and nothing wider than the screen."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} missing: run scripts/install_browser.sh")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 900})
+            page.goto(server[0], wait_until="domcontentloaded", timeout=60_000)
+            page.locator("#upload input[type=file]").set_input_files(str(APP_DIR / "examples" / "ship.png"))
+            page.locator("#show-cam input[type=checkbox]").check()
+            page.locator("#show-mistakes input[type=checkbox]").check()
+            layout = {}
+            for gallery in ("gradcam-gallery", "misclassified-gallery"):
+                page.locator(f"#{gallery} .thumbnail-item img").nth(2).wait_for(state="attached", timeout=60_000)
+                layout[gallery] = page.evaluate(
+                    """id => { const box = e => e.getBoundingClientRect();
+                    const items = [...document.querySelectorAll(`#${id} .thumbnail-item`)].slice(0, 3).map(box);
+                    return { labelBottom: box(document.querySelector(`#${id} [data-testid=block-label]`)).bottom,
+                             tops: items.map(b => Math.round(b.top)), rights: items.map(b => b.right),
+                             width: document.documentElement.clientWidth }; }""",
+                    gallery,
+                )
+        finally:
+            browser.close()
+    for gallery, box in layout.items():
+        assert min(box["tops"]) >= box["labelBottom"], f"{gallery}: images under the label {box}"
+        assert max(box["rights"]) <= box["width"], f"{gallery}: wider than the screen {box}"
+    cams, mistakes = layout["gradcam-gallery"]["tops"], layout["misclassified-gallery"]["tops"]
+    assert cams[0] == cams[1] < cams[2], f"heatmaps are not two to a row: {cams}"
+    assert mistakes[0] < mistakes[1] < mistakes[2], f"mistakes are not one to a row: {mistakes}"
