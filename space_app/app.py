@@ -467,8 +467,9 @@ class SpaceApp:
                         elem_id="top-k",
                     )
                     submit = gr.Button("Classify", variant="primary", elem_id="classify")
+                    examples = None
                     if self.examples:
-                        gr.Examples(
+                        examples = gr.Examples(
                             examples=[[str(p)] for p in self.examples],
                             inputs=[image],
                             label="Examples: one test image per class (click one)",
@@ -583,9 +584,12 @@ class SpaceApp:
                 api_visibility="private",
                 trigger_mode="always_last",
             )
-            image_changed = image.change(self._skip_without_image(self.predict, None), **rank_event)
-            image_changed.success(**explain_event)
-            image_changed.failure(**clear_explanation)
+            # Not image.change, which fires twice when an upload replaces another: two runs, each note twice.
+            for when_new_image in (image.input, examples.load_input_event.then if examples else None):
+                if when_new_image:
+                    ranked = when_new_image(self._skip_without_image(self.predict, None), **rank_event)
+                    ranked.success(**explain_event)
+                    ranked.failure(**clear_explanation)
             top_k.change(self._skip_without_image(self.rerank, None), **rank_event)
             gr.on(
                 [show_cam.change, n_cams.change, layer.change, opacity.change, method.change, target.change],

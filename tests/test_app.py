@@ -991,7 +991,9 @@ def test_browser_upload_set_k_and_read_labels(server, sp: space.SpaceApp, tmp_pa
                 """() => [...document.querySelectorAll('.captioned .caption-label')]
                 .map(c => [c.textContent, c.scrollWidth > c.clientWidth || c.scrollHeight > c.clientHeight])"""
             )
-            # A refused upload clears the last image's model input and heatmaps, not to leave them beside it.
+            # A refused upload clears the last image's model input and heatmaps, not to leave them beside it;
+            # replacing the horse, it runs once (image.change would run it twice, and say everything twice).
+            refused_before = server[2].read_text().count("predict refused")
             (tmp_path / "notes.png").write_text("hello")
             page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "notes.png"))
             page.get_by_text("not an image").first.wait_for(timeout=60_000)
@@ -999,6 +1001,8 @@ def test_browser_upload_set_k_and_read_labels(server, sp: space.SpaceApp, tmp_pa
                 "!document.querySelector('#model-input img') && !document.querySelector('#gradcam-gallery img')",
                 timeout=30_000,
             )
+            page.wait_for_timeout(3000)
+            refused = server[2].read_text().count("predict refused") - refused_before
             page.locator("#about").get_by_text("About the model").click()
             page.locator("#about-text").wait_for(timeout=10_000)
             about = page.locator("#about").inner_text()
@@ -1006,6 +1010,7 @@ def test_browser_upload_set_k_and_read_labels(server, sp: space.SpaceApp, tmp_pa
         finally:
             browser.close()
     assert labels == list(sp.predict(horse, k))
+    assert refused == 1, f"the replacing upload ran predict {refused} times"
     assert dog[0].startswith("#") and CAM_CAPTION.match(dog[0]).group(2) == "dog" and count_hidden
     expected = [c for _, c in sp.misclassified(True, 10, True, "layer2", 0.5, "LayerCAM")]
     assert mistakes == expected and all(CAPTION.match(c).group(5) for c in mistakes)
