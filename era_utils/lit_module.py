@@ -1,4 +1,7 @@
-"""The LightningModule: owns the loss, metrics, optimizer and OneCycle schedule, not the network."""
+"""The LightningModule: owns the loss, metrics, optimizer and OneCycle schedule, not the network; and the check
+that a resumed run keeps its checkpoint's recipe."""
+
+from collections.abc import Mapping
 
 import lightning as L
 import torch
@@ -7,7 +10,32 @@ from torchmetrics.classification import MulticlassAccuracy
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint to resume was trained with other loss, optimizer or schedule settings than this run's."""
+    """A checkpoint to resume was trained with other settings (loss, optimizer, schedule, data, EMA) than this run's."""
+
+
+MISMATCH = "cannot resume with other settings than the checkpoint's; "
+
+
+def differences(saved: Mapping, now: Mapping) -> list[str]:
+    """Each setting of `now` that `saved` holds with another value, as "name: X in the checkpoint, Y now"."""
+    return [f"{k}: {saved[k]} in the checkpoint, {v} now" for k, v in now.items() if k in saved and saved[k] != v]
+
+
+class RecipeCheck(L.Callback):
+    """Keeps the training settings that live outside the LightningModule (data order and augmentation, ghost batch
+    norm, the EMA, the logit scale) in the checkpoint, and refuses to resume from one saved with others: the run
+    would go on with another recipe than the one it started with, silently."""
+
+    def __init__(self, **settings: object) -> None:
+        self.settings = settings
+
+    def state_dict(self) -> dict:
+        return dict(self.settings)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        changed = differences(state_dict, self.settings)
+        if changed:
+            raise CheckpointMismatchError(MISMATCH + "; ".join(changed))
 
 
 def flip_tta_logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -78,9 +106,7 @@ class LitClassifier(L.LightningModule):
         """On resume, refuse a checkpoint whose loss, optimizer or OneCycle length differ from this run's:
         Lightning would restore its optimizer and schedule, and the run would follow neither recipe."""
         saved = checkpoint.get("hyper_parameters", {})
-        changed = [
-            f"{k}: {saved[k]} in the checkpoint, {v} now" for k, v in self.hparams.items() if saved.get(k, v) != v
-        ]
+        changed = differences(saved, self.hparams)
         schedulers = checkpoint.get("lr_schedulers") or [{}]
         saved_steps = schedulers[0].get("total_steps")
         if self._trainer is not None and saved_steps is not None:
@@ -90,9 +116,7 @@ class LitClassifier(L.LightningModule):
                     f"OneCycle steps (epochs x batches per epoch): {saved_steps} in the checkpoint, {steps} now"
                 )
         if changed:
-            raise CheckpointMismatchError(
-                "cannot resume with other settings than the checkpoint's; " + "; ".join(changed)
-            )
+            raise CheckpointMismatchError(MISMATCH + "; ".join(changed))
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams

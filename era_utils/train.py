@@ -34,7 +34,7 @@ from era_utils.evaluate import Predictions, predict
 from era_utils.export import export_model
 from era_utils.ghost_bn import use_ghost_batch_norm
 from era_utils.history import epoch_table
-from era_utils.lit_module import CheckpointMismatchError, LitClassifier
+from era_utils.lit_module import CheckpointMismatchError, LitClassifier, RecipeCheck
 from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.misclassified import caption, confident_mistakes, export_misclassified, save_store
 from era_utils.model import CustomResNet
@@ -65,6 +65,9 @@ VALID_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "num_workers": (lambda v: v >= 0, "0 or more"),
     "n_misclassified": (lambda v: v >= 0, "0 or more"),
 }
+
+# What a resumed run must share with its checkpoint besides LitClassifier's hyperparameters and OneCycle's length.
+RECIPE_OUTSIDE_THE_MODULE = ("seed", "flip", "ghost_batch_size", "ema_decay", "logit_scale", "per_class")
 
 
 @dataclass
@@ -255,6 +258,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Sequence[L.Callback] = ()) 
         # Only `last.ckpt`, at every epoch end. (Lightning's OnExceptionCheckpoint is left out on purpose:
         # with it, every fit silently resumes from an old `last.ckpt`, even without --resume.)
         ModelCheckpoint(dirpath=cfg.checkpoint_dir, filename="last", enable_version_counter=False),
+        RecipeCheck(**{name: getattr(cfg, name) for name in RECIPE_OUTSIDE_THE_MODULE}),
     ]
     if cfg.ema_decay > 0:
         callbacks.append(WeightAveraging(device=None, use_buffers=True, avg_fn=ema_with_warmup(cfg.ema_decay)))

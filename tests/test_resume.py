@@ -130,6 +130,12 @@ def test_resume_takes_the_checkpoints_max_lr_and_does_not_run_the_lr_finder(imag
         ({"weight_decay": 0.1}, "weight_decay"),
         ({"label_smoothing": 0.0}, "label_smoothing"),
         ({"pct_start": 0.5}, "pct_start"),
+        # Outside LitClassifier: the data order and augmentation, the network's batch norm, the EMA, the logits.
+        ({"seed": 7}, "seed: 42 in the checkpoint, 7 now"),
+        ({"flip": "alternating"}, "flip"),
+        ({"ghost_batch_size": 2}, "ghost_batch_size"),
+        ({"ema_decay": 0.0}, "ema_decay"),
+        ({"logit_scale": 1.0}, "logit_scale"),
     ],
 )
 def test_resume_with_other_settings_is_refused_and_leaves_the_checkpoint_alone(
