@@ -59,3 +59,26 @@ def test_unknown_flip_and_unseeded_alternating_flip_are_refused():
         CIFAR10DataModule(flip="sideways")
     with pytest.raises(ValueError, match="needs a seed"):
         ArrayDataset(half_bright_split(), train_transforms(random_flip=False), alternating_flip=True)
+
+
+def test_training_loader_alternates_each_image_across_epochs_set_on_its_sampler():
+    """Through the real loader: Lightning calls `set_epoch` on the loader's sampler at every epoch start, and the
+    sampler must hand that epoch to the dataset in its (index, epoch) keys. Keys stuck at epoch 0 would show
+    every image the same way in every epoch."""
+    split = half_bright_split()
+    split.labels = np.arange(N_IMAGES, dtype=np.int64)  # the label names the image, whatever the shuffle
+    dm = CIFAR10DataModule(batch_size=16, num_workers=0, seed=0, flip="alternating")
+    dm.train_split = dm.test_split = split
+    loader = dm.train_dataloader()
+    mirrored = np.zeros((EPOCHS, N_IMAGES), dtype=bool)
+    for epoch in range(EPOCHS):
+        loader.sampler.set_epoch(epoch)
+        assert {e for _, e in loader.sampler} == {epoch}, "the sampler's keys do not carry the epoch set on it"
+        seen = []
+        for images, labels in loader:
+            for image, label in zip(images, labels.tolist(), strict=True):
+                mirrored[epoch, label] = bright_on_the_right(image)
+                seen.append(label)
+        assert sorted(seen) == list(range(N_IMAGES)), f"epoch {epoch} did not show every image once"
+    assert (mirrored[1:] != mirrored[:-1]).all(), "an image was shown the same way in two epochs in a row"
+    assert 0.3 < mirrored[0].mean() < 0.7

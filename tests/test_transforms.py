@@ -51,3 +51,63 @@ def test_denormalize_inverts_normalize():
     image = rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     back = denormalize(test_transforms()(image=image)["image"].numpy())
     assert np.abs(back * 255 - image).max() < 0.5
+
+
+def _matching_offsets(out: np.ndarray, padded: np.ndarray) -> list[tuple[int, int]]:
+    """Offsets (dy, dx) at which `out` (HWC, 0-255) is `padded` cropped there, but for one cutout hole.
+
+    Pixels that differ from the crop must hold the cutout's mean colour and fit in one CUTOUT_SIZE square.
+    """
+    offsets = []
+    span = padded.shape[0] - IMAGE_SIZE
+    for dy in range(span + 1):
+        for dx in range(span + 1):
+            crop = padded[dy : dy + IMAGE_SIZE, dx : dx + IMAGE_SIZE].astype(np.float32)
+            differs = (np.abs(out - crop) > 0.5).any(-1)
+            if not differs.any():
+                offsets.append((dy, dx))
+                continue
+            rows, cols = differs.nonzero()
+            in_one_square = rows.max() - rows.min() < CUTOUT_SIZE and cols.max() - cols.min() < CUTOUT_SIZE
+            if in_one_square and (np.abs(out[differs] - np.asarray(MEAN_PIXEL)) <= 0.5).all():
+                offsets.append((dy, dx))
+    return offsets
+
+
+def test_train_pipeline_reflect_pads_by_4_and_crops_at_every_offset():
+    """Each output is the image reflect-padded by 4 (REFLECT_101: edge pixel not repeated) and cropped at an offset
+    in 0..8 on each axis, outside the cutout. No padding would leave every crop at (4, 4); a constant (black) pad
+    would make the off-centre crops match no offset."""
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode="reflect")  # numpy's reflect is OpenCV's REFLECT_101
+    pipeline = train_transforms(random_flip=False)  # with a flip, a mirrored output would match no crop
+    pipeline.set_random_seed(0)
+    seen_y, seen_x = set(), set()
+    for draw in range(100):
+        out = denormalize(pipeline(image=image)["image"].numpy()) * 255
+        offsets = _matching_offsets(out, padded)
+        assert offsets, f"draw {draw} is no crop of the reflect-padded image"
+        seen_y.update(dy for dy, _ in offsets)
+        seen_x.update(dx for _, dx in offsets)
+    assert {0, 8} <= seen_y and {0, 8} <= seen_x, f"crop offsets seen: rows {sorted(seen_y)}, cols {sorted(seen_x)}"
+
+
+def test_cutout_holes_are_filled_8x8_squares():
+    """README: one 8x8 cutout. A hole of another size in either direction (say 8x4) fails here, not only a bigger
+    one; holes that touch the border could be cut by it, so only those that do not are held to the full size."""
+    assert CUTOUT_SIZE == 8
+    image = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 255, dtype=np.uint8)
+    pipeline = train_transforms()
+    pipeline.set_random_seed(0)
+    inside = 0
+    for _ in range(20):
+        hole = pipeline(image=image)["image"].abs().sum(0) < 0.05
+        rows, cols = hole.nonzero(as_tuple=True)
+        top, bottom, left, right = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+        height, width = bottom - top + 1, right - left + 1
+        assert int(hole.sum()) == height * width, "the hole is not one filled rectangle"
+        if top > 0 and left > 0 and bottom < IMAGE_SIZE - 1 and right < IMAGE_SIZE - 1:
+            inside += 1
+            assert (height, width) == (CUTOUT_SIZE, CUTOUT_SIZE)
+    assert inside >= 5, "too few holes away from the border to check their size"
