@@ -9,14 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from era_utils.config import CLASS_NAMES, NUM_CLASSES
+from era_utils.data import CIFAR10DataModule, load_split
 from era_utils.evaluate import Predictions, confusion_counts
 from era_utils.evaluate import main as evaluate_main
 from era_utils.export import CONFIG_NAME, WEIGHTS_NAME, export_model, load_model, sha256_of, write_metrics
 from era_utils.model import CustomResNet
-from era_utils.train import TrainConfig, build_datamodule, export_artifacts
+from era_utils.train import TrainConfig, build_datamodule, export_artifacts, save_examples
 
 VIEWS = ("", "_tta", "_tta_translate")
 METRIC_KEYS = {"n", "confusion"} | {f"{kind}{view}" for kind in ("accuracy", "per_class") for view in VIEWS}
@@ -91,6 +93,21 @@ def test_training_export_writes_the_full_metrics(image_folder: Path, tmp_path: P
     config = json.loads(weights.with_name(CONFIG_NAME).read_text())
     assert config["metrics"] == json.loads(json.dumps(preds.report()))
     assert set(config["metrics"]) == METRIC_KEYS
+
+
+def test_app_examples_are_test_images_one_per_class(image_folder: Path, tmp_path: Path) -> None:
+    """Examples taken from the training split (or of another class) would show the Space's visitors images the
+    model was trained on, whose confident answers prove nothing: each <class>.png must be a test image of it."""
+    dm = CIFAR10DataModule(image_folder, num_workers=0)
+    dm.setup()
+    save_examples(dm, tmp_path / "examples")
+    test, train = load_split("test", image_folder), load_split("train", image_folder)
+    assert sorted(p.name for p in (tmp_path / "examples").iterdir()) == sorted(f"{c}.png" for c in CLASS_NAMES)
+    for c, name in enumerate(CLASS_NAMES):
+        example = np.asarray(Image.open(tmp_path / "examples" / f"{name}.png").convert("RGB"))
+        assert example.shape == test.images.shape[1:]
+        assert any(np.array_equal(example, image) for image in test.images[test.labels == c]), name
+        assert not any(np.array_equal(example, image) for image in train.images), name
 
 
 def test_write_metrics_replaces_only_the_metrics(app_dir: Path, image_folder: Path, capsys) -> None:

@@ -4,11 +4,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from era_utils import lr_finder, train
 from era_utils.config import NUM_CLASSES
 from era_utils.data import CIFAR10DataModule
-from era_utils.lr_finder import find_lr
+from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.model import CustomResNet
-from era_utils.train import cpu_has_fast_bf16
+from era_utils.train import TrainConfig, build_datamodule, cpu_has_fast_bf16, run_lr_finder
 
 START_LR, END_LR, NUM_ITER = 1e-7, 0.1, 20  # up to 0.1, not 10: no early stop on divergence
 
@@ -43,3 +44,79 @@ def test_range_test_ramps_exponentially_suggests_the_steepest_fall_and_restores_
     assert (tmp_path / "lr.png").stat().st_size > 0
     after = net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class RecordingFinder:
+    """Stands in for torch-lr-finder's LRFinder: records the optimizer and loss it is given, runs no batch."""
+
+    seen: list["RecordingFinder"] = []
+
+    def __init__(self, model, optimizer, criterion, **kwargs) -> None:
+        self.model, self.optimizer, self.criterion = model, optimizer, criterion
+        self.history = {"lr": [1e-3], "loss": [2.3]}
+        RecordingFinder.seen.append(self)
+
+    def range_test(self, *args, **kwargs) -> None:
+        pass
+
+    def plot(self, ax, suggest_lr: bool):
+        return ax, 1e-3
+
+    def reset(self) -> None:
+        pass
+
+
+def test_range_test_optimizer_decays_conv_and_linear_weights_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An AdamW over net.parameters() would decay batch-norm scales and shifts and the linear bias too (or decay
+    nothing, or the wrong amount), so the range test would not probe the optimizer training uses."""
+    monkeypatch.setattr(lr_finder, "LRFinder", RecordingFinder)
+    RecordingFinder.seen = []
+    net = CustomResNet(NUM_CLASSES)
+    find_lr(net, DataLoader([]), weight_decay=0.07, label_smoothing=0.15, num_iter=5)
+    (finder,) = RecordingFinder.seen
+    assert finder.model is net
+    assert isinstance(finder.optimizer, torch.optim.AdamW)
+    assert finder.criterion.label_smoothing == 0.15
+    decay: dict[int, float] = {}
+    for group in finder.optimizer.param_groups:
+        for p in group["params"]:
+            assert id(p) not in decay, "a parameter in two groups"
+            decay[id(p)] = group["weight_decay"]
+    assert set(decay) == {id(p) for p in net.parameters()}
+    checked = {"bn": 0, "conv": 0, "linear": 0}
+    for name, module in net.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            assert decay[id(module.weight)] == 0.0 and decay[id(module.bias)] == 0.0, name
+            checked["bn"] += 1
+        elif isinstance(module, torch.nn.Conv2d):
+            assert decay[id(module.weight)] == 0.07, name
+            checked["conv"] += 1
+        elif isinstance(module, torch.nn.Linear):
+            assert decay[id(module.weight)] == 0.07 and decay[id(module.bias)] == 0.0, name
+            checked["linear"] += 1
+    assert checked == {"bn": 8, "conv": 8, "linear": 1}
+
+
+def test_training_lr_finder_uses_the_runs_weight_decay_and_label_smoothing(
+    image_folder, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_lr_finder leaving out weight_decay or label_smoothing would range-test another loss or optimizer than
+    the one the run trains with (find_lr's default smoothing is 0)."""
+    calls = []
+
+    def fake_find_lr(net, loader, **kwargs) -> LRFinderResult:
+        calls.append((net, loader, kwargs))
+        return LRFinderResult(1e-3, [1e-3], [2.3], kwargs.get("plot_path"))
+
+    monkeypatch.setattr(train, "find_lr", fake_find_lr)
+    cfg = TrainConfig(
+        data_dir=str(image_folder), out=str(tmp_path), num_workers=0, weight_decay=0.07, label_smoothing=0.15
+    )
+    net = CustomResNet(NUM_CLASSES)
+    result = run_lr_finder(cfg, net, build_datamodule(cfg))
+    ((net_seen, loader, kwargs),) = calls
+    assert result.suggested_lr == 1e-3
+    assert net_seen is net
+    assert isinstance(loader, DataLoader)
+    assert kwargs.get("weight_decay") == 0.07
+    assert kwargs.get("label_smoothing") == 0.15
