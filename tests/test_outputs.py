@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
+from era_utils import plots, train
 from era_utils.config import CIFAR_MEAN, CIFAR_STD, CLASS_NAMES, NUM_CLASSES
 from era_utils.data import CIFAR10DataModule
 from era_utils.evaluate import main as evaluate_main
@@ -178,3 +179,23 @@ def test_per_class_accuracy_plots_only_the_classes_present(tmp_path):
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [CLASS_NAMES[0], CLASS_NAMES[3]]
     assert [b.get_height() for b in bars] == pytest.approx([50.0, 100 * 2 / 3])
     assert (tmp_path / "per_class.png").stat().st_size > 0
+
+
+def test_report_figures_read_true_by_row_and_caption_true_then_predicted(
+    trained_net, image_folder, tmp_path, monkeypatch
+):
+    """The confusion figure has the true class by row (its cells are the counts in model.json's orientation), and
+    the mistakes' grid captions say "true → predicted" for the mistakes the PNG file names list, in their order.
+    Swapped arguments would only mislabel the README's figures, which no other test looks at."""
+    drawn, draw_confusion = {}, plots.confusion
+    monkeypatch.setattr(plots, "confusion", lambda *a: drawn.setdefault("confusion", draw_confusion(*a)))
+    monkeypatch.setattr(plots, "image_grid", lambda images, captions, *a, **k: drawn.setdefault("captions", captions))
+    cfg = train.TrainConfig(data_dir=str(image_folder), out=str(tmp_path), num_workers=0, n_misclassified=8)
+    dm = train.build_datamodule(cfg)
+    preds, metrics = train.report(cfg, trained_net, dm)
+    cells = drawn["confusion"].axes[0].collections[0].get_array().reshape(NUM_CLASSES, NUM_CLASSES)
+    assert np.array_equal(cells, np.asarray(metrics["confusion"]))
+    assert np.array_equal(cells.sum(1), np.bincount(preds.labels, minlength=NUM_CLASSES))  # rows: true classes
+    files = sorted(p.name for p in (tmp_path / "misclassified_images").glob("*.png"))
+    named = [f"{CLASS_NAMES[true]} → {CLASS_NAMES[pred]}" for true, pred, _ in map(parse_file_name, files)]
+    assert len(named) >= 2 and [c.split(" (")[0] for c in drawn["captions"]] == named
