@@ -57,7 +57,9 @@ CSS = """
 .captioned .caption-label { position: static; max-width: 100%; white-space: normal; border: none; }
 .captioned .grid-wrap.fixed-height { min-height: 0; max-height: none; overflow-y: visible; }
 .captioned .grid-container { padding-top: var(--size-6); }  /* clear of the gallery's label */
-#confusion td, #confusion th { text-align: right; }
+/* Counts and percentages right-aligned (Gradio 6 lays each cell out as a flex box); class names stay left. */
+:is(#confusion, #per-class) th:not(:first-child) .cell-wrap { justify-content: flex-end; }
+:is(#confusion, #per-class) .body-cell:not(:first-child) .text { text-align: right; }
 /* Phones: the gallery's label wraps to two lines, and a mistake with its two heatmaps needs the whole width. */
 @media (max-width: 640px) {
   .captioned .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; padding-top: 4.5rem; }

@@ -1006,11 +1006,17 @@ def test_browser_upload_set_k_and_read_labels(server, sp: space.SpaceApp, tmp_pa
             page.locator("#about").get_by_text("About the model").click()
             page.locator("#about-text").wait_for(timeout=10_000)
             about = page.locator("#about").inner_text()
+            # The confusion matrix's first row as shown: the class name left, its counts right-aligned.
+            aligned = page.evaluate(
+                """() => [...document.querySelector('#confusion .virtual-row').querySelectorAll('.body-cell .text')]
+                .map(t => getComputedStyle(t).textAlign)"""
+            )
             page.screenshot(path=str(tmp_path / "space_app.png"), full_page=True)
         finally:
             browser.close()
     assert labels == list(sp.predict(horse, k))
     assert refused == 1, f"the replacing upload ran predict {refused} times"
+    assert aligned[0] in ("left", "start") and set(aligned[1:]) == {"right"} and len(aligned) == 11, aligned
     assert dog[0].startswith("#") and CAM_CAPTION.match(dog[0]).group(2) == "dog" and count_hidden
     expected = [c for _, c in sp.misclassified(True, 10, True, "layer2", 0.5, "LayerCAM")]
     assert mistakes == expected and all(CAPTION.match(c).group(5) for c in mistakes)
