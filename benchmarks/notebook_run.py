@@ -290,9 +290,9 @@ def tidy(path: Path) -> None:
     printed text in one output, as a terminal shows it (blank ones dropped)."""
     notebook = nbformat.read(path, as_version=4)
     notebook.cells = [c for c in notebook.cells if "injected-parameters" not in c.metadata.get("tags", [])]
-    for cell in notebook.cells:
+    for cell in (c for c in notebook.cells if c.cell_type == "code"):
         outputs = []
-        for output in cell.get("outputs", []):
+        for output in cell.outputs:
             last = outputs[-1] if outputs else None
             if output.output_type == "stream" and last and last.output_type == "stream" and last.name == output.name:
                 last.text += output.text
@@ -301,8 +301,7 @@ def tidy(path: Path) -> None:
         for output in outputs:
             if output.output_type == "stream":
                 output.text = as_a_terminal_shows(output.text)
-        if cell.cell_type == "code":
-            cell.outputs = [o for o in outputs if o.output_type != "stream" or o.text.strip()]
+        cell.outputs = [o for o in outputs if o.output_type != "stream" or o.text.strip()]
     nbformat.write(notebook, path)
 
 
