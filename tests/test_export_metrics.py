@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from era_utils.config import CLASS_NAMES, NUM_CLASSES
-from era_utils.data import CIFAR10DataModule, load_split
+from era_utils.data import CIFAR10DataModule
 from era_utils.evaluate import Predictions, confusion_counts
 from era_utils.evaluate import main as evaluate_main
 from era_utils.export import CONFIG_NAME, WEIGHTS_NAME, export_model, load_model, sha256_of, write_metrics
@@ -101,7 +101,7 @@ def test_app_examples_are_test_images_one_per_class(image_folder: Path, tmp_path
     dm = CIFAR10DataModule(image_folder, num_workers=0)
     dm.setup()
     save_examples(dm, tmp_path / "examples")
-    test, train = load_split("test", image_folder), load_split("train", image_folder)
+    test, train = dm.test_split, dm.train_split  # decoded by setup(), straight from the folder
     assert sorted(p.name for p in (tmp_path / "examples").iterdir()) == sorted(f"{c}.png" for c in CLASS_NAMES)
     for c, name in enumerate(CLASS_NAMES):
         example = np.asarray(Image.open(tmp_path / "examples" / f"{name}.png").convert("RGB"))
