@@ -106,13 +106,28 @@ def _share(value: Any) -> str:
     return f"{value:.1%}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
 
 
+# The test-time augmentations model.json's metrics may report, as (key suffix, what its views are).
+TTA_VIEWS = (
+    ("_tta", "flip test-time augmentation"),
+    ("_tta_translate", "flip and one-pixel-shift views"),
+)
+PER_CLASS_HEADERS = ["class", "test accuracy", "with flip TTA", "with flip + shifts TTA"]
+
+
 def per_class_rows(metrics: dict[str, Any], classes: list[str]) -> list[list[str]]:
-    """[class, test accuracy, with flip TTA] for each class model.json's metrics cover; [] if none."""
-    plain, tta = metrics.get("per_class"), metrics.get("per_class_tta")
+    """[class, test accuracy, with each TTA of PER_CLASS_HEADERS] for each class the metrics cover; [] if none."""
+    plain = metrics.get("per_class")
     if not isinstance(plain, dict):
         return []
-    tta = tta if isinstance(tta, dict) else {}
-    return [[c, _share(plain.get(c)), _share(tta.get(c))] for c in classes if c in plain]
+    columns = [metrics.get(f"per_class{suffix}") for suffix, _ in TTA_VIEWS]
+    columns = [column if isinstance(column, dict) else {} for column in columns]
+    return [[c, _share(plain.get(c)), *(_share(column.get(c)) for column in columns)] for c in classes if c in plain]
+
+
+def tta_text(metrics: dict[str, Any]) -> str:
+    """E.g. " (91.2% with flip test-time augmentation, 91.5% with flip and ...)"; "" if metrics have no TTA."""
+    parts = [f"{_share(metrics[f'accuracy{s}'])} with {views}" for s, views in TTA_VIEWS if f"accuracy{s}" in metrics]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def confusion_rows(metrics: dict[str, Any], classes: list[str]) -> list[list[Any]]:
@@ -135,12 +150,7 @@ def about_text(metrics: dict[str, Any], classes: list[str]) -> str:
     lines = []
     if "accuracy" in metrics:
         n = f" of the {metrics['n']:,} CIFAR-10 test images" if metrics.get("n") else " of the test images"
-        tta = (
-            f" ({_share(metrics['accuracy_tta'])} with flip test-time augmentation)"
-            if "accuracy_tta" in metrics
-            else ""
-        )
-        lines.append(f"Test accuracy: **{_share(metrics['accuracy'])}**{n} classified right{tta}.")
+        lines.append(f"Test accuracy: **{_share(metrics['accuracy'])}**{n} classified right{tta_text(metrics)}.")
     confusion = confusion_rows(metrics, classes)
     if confusion:
         lines.append(f"The most frequent mistakes: {_worst_confusions(confusion, classes)}.")
@@ -381,9 +391,7 @@ class SpaceApp:
             accuracy = f" Test accuracy **{metrics['accuracy']:.1%}**"
             if metrics.get("n"):
                 accuracy += f" on {metrics['n']:,} CIFAR-10 test images"
-            if "accuracy_tta" in metrics:
-                accuracy += f" ({metrics['accuracy_tta']:.1%} with flip test-time augmentation)"
-            accuracy += "."
+            accuracy += f"{tta_text(metrics)}."
         size = self.clf.image_size
         return (
             f"# CIFAR-10 classifier: custom ResNet-9 with Grad-CAM\n"
@@ -425,7 +433,7 @@ class SpaceApp:
             if per_class:
                 gr.Dataframe(
                     per_class,
-                    headers=["class", "test accuracy", "with flip TTA"],
+                    headers=PER_CLASS_HEADERS,
                     interactive=False,
                     label="Accuracy per class",
                     elem_id="per-class",

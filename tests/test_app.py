@@ -167,7 +167,10 @@ def test_model_loads_in_eval_mode_with_settings_from_json(sp: space.SpaceApp) ->
     assert sp.clf.classes == cfg["classes"] and sp.clf.image_size == cfg["image_size"]
     assert np.allclose(sp.clf.mean, cfg["mean"]) and np.allclose(sp.clf.std, cfg["std"])
     assert sp.clf.net.logit_scale == cfg["logit_scale"]
-    assert f"{cfg['metrics']['accuracy']:.1%}" in sp.header()
+    metrics = cfg["metrics"]
+    assert f"**{metrics['accuracy']:.1%}** on {metrics['n']:,} CIFAR-10 test images" in sp.header()
+    assert f"({metrics['accuracy_tta']:.1%} with flip test-time" in sp.header()
+    assert f"{metrics['accuracy_tta_translate']:.1%} with flip and one-pixel-shift views)." in sp.header()
 
 
 # ---------------------------------------------------------------------------- predictions
@@ -750,9 +753,15 @@ def test_about_the_model_reads_the_metrics() -> None:
     rows = space.confusion_rows(metrics, CLASSES)
     assert rows[3][0] == "cat" and rows[3][1 + 5] == 40 and rows[5][1 + 3] == 25
     per_class = space.per_class_rows(metrics, CLASSES)
-    assert per_class[3] == ["cat", "53.0%", "—"] and len(per_class) == 10
+    assert per_class[3] == ["cat", "53.0%", "—", "—"] and len(per_class) == 10
     text = space.about_text(metrics, CLASSES)
-    assert "**87.3%** of the 1,000 CIFAR-10 test images" in text and "88.1% with flip" in text
+    assert "**87.3%** of the 1,000 CIFAR-10 test images classified right (88.1% with flip test-time" in text
+    assert "one-pixel-shift" not in text
+    tta = {c: 0.6 + i / 100 for i, c in enumerate(CLASSES)}
+    translate = {c: 0.7 + i / 100 for i, c in enumerate(CLASSES)}
+    metrics |= {"per_class_tta": tta, "accuracy_tta_translate": 0.889, "per_class_tta_translate": translate}
+    assert space.per_class_rows(metrics, CLASSES)[3] == ["cat", "53.0%", "63.0%", "73.0%"]
+    assert "augmentation, 88.9% with flip and one-pixel-shift views)." in space.about_text(metrics, CLASSES)
     assert "cat taken for dog (40×), dog taken for cat (25×), bird taken for airplane (7×)" in text
     assert "has no" not in text
 
@@ -776,9 +785,11 @@ def test_about_the_model_shows_the_committed_metrics(sp: space.SpaceApp) -> None
         pytest.skip("space_app/model.json predates the per-class metrics")
     assert frames["confusion"].value["data"][3] == ["cat", *metrics["confusion"][3]]
     assert frames["confusion"].value["headers"][1:] == sp.clf.classes
-    assert frames["per-class"].value["data"][0][:2] == [
-        sp.clf.classes[0],
-        f"{metrics['per_class'][sp.clf.classes[0]]:.1%}",
+    first = sp.clf.classes[0]
+    assert frames["per-class"].value["headers"] == space.PER_CLASS_HEADERS
+    assert frames["per-class"].value["data"][0] == [
+        first,
+        *(f"{metrics[key][first]:.1%}" for key in ("per_class", "per_class_tta", "per_class_tta_translate")),
     ]
 
 
