@@ -1,0 +1,54 @@
+"""Both READMEs show the committed run: every table scripts/readme_tables.py prints from the committed artifacts
+appears in README.md word for word, and the accuracies the two READMEs quote in prose are model.json's. A run
+shipped without its README update fails here."""
+
+import json
+
+import pytest
+from app_helpers import load_file_module
+
+TABLES = {
+    "model": ["model"],
+    "epochs": ["epochs"],
+    "classes": ["classes", "space_app/model.json"],
+    "misclassified": ["misclassified"],
+    "runs": ["runs", "benchmarks/results/notebook_runs.jsonl"],
+    "sweep": ["sweep", "benchmarks/results/hparam_sweep_6ep.jsonl"],
+}
+
+
+@pytest.fixture(scope="module")
+def metrics(repo) -> dict:
+    return json.loads((repo / "space_app" / "model.json").read_text())["metrics"]
+
+
+@pytest.mark.parametrize("args", TABLES.values(), ids=TABLES.keys())
+def test_readme_holds_the_table_made_from_the_committed_artifacts(repo, monkeypatch, capsys, args):
+    monkeypatch.chdir(repo)
+    load_file_module(repo / "scripts", "readme_tables").main(args)
+    table = capsys.readouterr().out.strip()
+    assert table.count("\n") >= 2, table
+    assert table in (repo / "README.md").read_text(), (
+        f"README.md lacks `python scripts/readme_tables.py {' '.join(args)}`"
+    )
+
+
+def test_readme_quotes_the_committed_accuracies(repo, metrics):
+    readme = (repo / "README.md").read_text()
+    for key in ("accuracy", "accuracy_tta", "accuracy_tta_translate"):
+        assert f"`{json.dumps({key: metrics[key]})[1:-1]}`" in readme, key
+    anchor = next(line for line in readme.splitlines() if line.startswith("| **this repository, committed run** |"))
+    assert anchor.split(" | ")[1:3] == [
+        f"**{metrics['accuracy']:.2%}**",
+        f"**{metrics['accuracy_tta']:.2%}** (flip), **{metrics['accuracy_tta_translate']:.2%}** (flip + translation)",
+    ]
+
+
+def test_space_readme_quotes_the_committed_accuracies(repo, metrics):
+    readme = " ".join((repo / "space_app" / "README.md").read_text().split())
+    assert (
+        f"**Test accuracy: {metrics['accuracy']:.1%}** on the {metrics['n']:,} CIFAR-10 test images".replace(",", " ")
+        in readme
+    )
+    assert f"({metrics['accuracy_tta']:.1%} with horizontal-flip test-time augmentation" in readme
+    assert f"; {metrics['accuracy_tta_translate']:.1%} with six views" in readme
