@@ -37,6 +37,8 @@ def test_readme_quotes_the_committed_accuracies(repo, metrics):
     readme = (repo / "README.md").read_text()
     for key in ("accuracy", "accuracy_tta", "accuracy_tta_translate"):
         assert f"`{json.dumps({key: metrics[key]})[1:-1]}`" in readme, key
+    headline = f"{metrics['accuracy']:.2%} single view, {metrics['accuracy_tta']:.2%} with flip TTA, "
+    assert f"- **Test accuracy:** {headline}{metrics['accuracy_tta_translate']:.2%} with flip + translation" in readme
     anchor = next(line for line in readme.splitlines() if line.startswith("| **this repository, committed run** |"))
     assert anchor.split(" | ")[1:3] == [
         f"**{metrics['accuracy']:.2%}**",
