@@ -1,7 +1,9 @@
-"""The per-epoch training log, read from Lightning's CSVLogger output."""
+"""The per-epoch training log: Lightning's CSVLogger output, kept whole across a resume, read as a table."""
 
+import csv
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pandas as pd
 
@@ -23,3 +25,25 @@ def epoch_table(metrics_csv: str | Path) -> pd.DataFrame:
     table.index = table.index.astype(int) + 1
     table.index.name = "epoch"
     return table
+
+
+class KeepLogOnResume(L.Callback):
+    """Puts back, in a resumed run, the rows of `metrics.csv` logged before its checkpoint.
+
+    The CSVLogger writes every attempt into the same folder and deletes the earlier `metrics.csv` when the resumed
+    run starts; without this the log, the curves and the per-epoch table would begin at the interruption. Rows from
+    the checkpoint's step on are left out: the resumed run logs those steps again.
+    """
+
+    def __init__(self, metrics_csv: Path) -> None:
+        self.rows = []
+        if metrics_csv.is_file():  # read now: the logger deletes it once the run starts
+            with metrics_csv.open(newline="") as file:
+                self.rows = list(csv.DictReader(file))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for row in self.rows:
+            step = int(row.pop("step"))
+            if step < trainer.global_step:
+                trainer.logger.log_metrics({k: float(v) for k, v in row.items() if v != ""}, step=step)
+        self.rows = []

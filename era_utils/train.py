@@ -33,7 +33,7 @@ from era_utils.data import CIFAR10DataModule, DataError
 from era_utils.evaluate import Predictions, predict
 from era_utils.export import export_model
 from era_utils.ghost_bn import use_ghost_batch_norm
-from era_utils.history import epoch_table
+from era_utils.history import KeepLogOnResume, epoch_table
 from era_utils.lit_module import CheckpointMismatchError, LitClassifier, RecipeCheck
 from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.misclassified import caption, confident_mistakes, export_misclassified, save_store
@@ -260,12 +260,17 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Sequence[L.Callback] = ()) 
         ModelCheckpoint(dirpath=cfg.checkpoint_dir, filename="last", enable_version_counter=False),
         RecipeCheck(**{name: getattr(cfg, name) for name in RECIPE_OUTSIDE_THE_MODULE}),
     ]
+    # Each row goes to disk as it is logged, so a killed run's log holds every row up to its checkpoint, and a
+    # resume keeps those rows (the logger deletes the file when the resumed run starts).
+    logger = CSVLogger(cfg.out, name="logs", version="", flush_logs_every_n_steps=1)
+    if cfg.resume:
+        callbacks.append(KeepLogOnResume(Path(logger.log_dir) / "metrics.csv"))
     if cfg.ema_decay > 0:
         callbacks.append(WeightAveraging(device=None, use_buffers=True, avg_fn=ema_with_warmup(cfg.ema_decay)))
     return L.Trainer(
         max_epochs=cfg.epochs,
         **hardware_settings(cfg),
-        logger=CSVLogger(cfg.out, name="logs", version=""),
+        logger=logger,
         callbacks=callbacks,
         fast_dev_run=cfg.fast_dev_run,
         log_every_n_steps=10,

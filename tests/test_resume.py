@@ -4,12 +4,14 @@ uninterrupted run ends, because the training batches are a function of (seed, ep
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import pytest
 import torch
 from learning_helpers import cpu_config
 from torch.utils.data import DataLoader
 
 from era_utils.data import CIFAR10DataModule
+from era_utils.history import epoch_table
 from era_utils.lit_module import CheckpointMismatchError
 from era_utils.train import build_datamodule, build_net, choose_max_lr, fit, main
 
@@ -17,13 +19,15 @@ EPOCHS, STEPS_PER_EPOCH = 2, 5  # 40 training images in batches of 8
 
 
 class Interrupt(L.Callback):
-    """Fails in the middle of epoch `epoch`, as a killed job would."""
+    """Fails in the middle of epoch `epoch`, after its training steps and before its validation and checkpoint, as
+    a killed job would; keeps the log as it was on disk at that moment."""
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == self.epoch and batch_idx == 2:
+    def on_validation_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            self.log_on_disk = pd.read_csv(Path(trainer.logger.log_dir) / "metrics.csv")
             raise RuntimeError("simulated interruption")
 
 
@@ -62,8 +66,9 @@ def test_an_interrupted_run_resumed_ends_exactly_where_an_uninterrupted_run_ends
     torch.use_deterministic_algorithms(True)
     try:
         _fit(image_folder, tmp_path / "straight")
+        interrupt = Interrupt(epoch=1)
         with pytest.raises(RuntimeError, match="simulated"):
-            _fit(image_folder, tmp_path / "resumed", callbacks=(Interrupt(epoch=1),))
+            _fit(image_folder, tmp_path / "resumed", callbacks=(interrupt,))
         start = RecordStart()
         trainer = _fit(image_folder, tmp_path / "resumed", resume=True, callbacks=(start,))
     finally:
@@ -80,6 +85,15 @@ def test_an_interrupted_run_resumed_ends_exactly_where_an_uninterrupted_run_ends
     for key in ("state_dict", "current_model_state", "averaging_state", "optimizer_states", "lr_schedulers"):
         assert_identical(straight[key], resumed[key], key)
     assert resumed["lr_schedulers"][0]["last_epoch"] == EPOCHS * STEPS_PER_EPOCH
+
+    # The log too. The killed run's rows were on disk as logged, its first epoch's and its second's steps; the
+    # resumed run keeps the rows before its checkpoint (the CSVLogger deletes them), logs the later steps anew.
+    logs = {run: pd.read_csv(tmp_path / run / "logs" / "metrics.csv") for run in ("straight", "resumed")}
+    straight_log, resumed_log = logs["straight"], logs["resumed"]
+    killed_log = interrupt.log_on_disk
+    assert killed_log["val/acc"].notna().sum() == 1 and (killed_log["step"] >= STEPS_PER_EPOCH).any()
+    pd.testing.assert_frame_equal(resumed_log[straight_log.columns], straight_log)
+    assert len(epoch_table(tmp_path / "resumed" / "logs" / "metrics.csv")) == EPOCHS
 
 
 def _batches(image_folder: Path, num_workers: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
