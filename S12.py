@@ -40,11 +40,13 @@ REPO_URL = "https://github.com/OWNER/REPO.git"  # this repository on GitHub (use
 
 # %% [markdown]
 # ## Setup
-# In Colab this clones the repository and installs its requirements; elsewhere the package is
-# already importable from the repository root.
+# In Colab this clones the repository, installs its requirements and works in the clone, so the
+# run's figures, weights and app files land in the repository as they do locally; elsewhere the
+# package is already importable from the repository root.
 
 # %%
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +58,7 @@ if importlib.util.find_spec("era_utils") is None and "google.colab" in sys.modul
         subprocess.run(["git", "clone", "--depth", "1", REPO_URL, "/content/S12"], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/S12/requirements.txt"], check=True)
     sys.path.insert(0, "/content/S12")
+    os.chdir("/content/S12")  # so OUT = "." is the repository, as on a local run
 
 # %%
 import torch

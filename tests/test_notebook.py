@@ -3,9 +3,12 @@ through benchmarks/notebook_run.py: the run leaves the repository alone, its JSO
 say, and `ship` refuses it, or with --force ships exactly its artifacts into a copy of the repository."""
 
 import hashlib
+import importlib.util
 import json
 import shutil
 import subprocess
+import sys
+import types
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +46,36 @@ def artifacts(repo: Path) -> dict[str, tuple[int, int]]:
 
 def test_notebook_and_its_script_hold_the_same_code(repo):
     assert _code_cells(jupytext.read(repo / "S12.ipynb")) == _code_cells(jupytext.read(repo / "S12.py"))
+
+
+def test_colab_setup_clones_once_installs_and_works_in_the_clone(repo, tmp_path, monkeypatch):
+    """In Colab (google.colab loaded, era_utils not installed) the setup cell clones REPO_URL, installs its
+    requirements and changes into the clone, so OUT = "." writes there; after a runtime restart it does not clone
+    again; with the placeholder REPO_URL it stops with a message."""
+    setup = next(cell for cell in _code_cells(jupytext.read(repo / "S12.py")) if "google.colab" in cell)
+    clone = tmp_path / "content" / "S12"
+    setup = setup.replace("/content/S12", str(clone))
+    commands = []
+
+    def run(command, check):
+        commands.append(command)
+        if command[:2] == ["git", "clone"]:
+            clone.mkdir(parents=True)
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "era_utils" else find_spec(name))
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # the second time as after a runtime restart
+        exec(setup, {"REPO_URL": "https://github.com/someone/cifar.git"})
+        assert Path.cwd() == clone and sys.path[0] == str(clone)
+    assert commands[0] == ["git", "clone", "--depth", "1", "https://github.com/someone/cifar.git", str(clone)]
+    install = [sys.executable, "-m", "pip", "install", "-q", "-r", f"{clone}/requirements.txt"]
+    assert commands[1:] == [install, install]
+    with pytest.raises(SystemExit, match="Set REPO_URL"):
+        exec(setup, {"REPO_URL": "https://github.com/OWNER/REPO.git"})
 
 
 @dataclass
