@@ -233,13 +233,14 @@ def hardware_settings(cfg: TrainConfig) -> dict:
 
 
 def check_hardware_settings(cfg: TrainConfig) -> None:
-    """Lightning's own checks of the hardware settings, run now rather than after the LR finder's minutes."""
+    """Lightning's own checks of the hardware settings, run now rather than after the LR finder's minutes; and
+    with several processes, a max LR given rather than found by each."""
     settings = hardware_settings(cfg)
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # the probe Trainer would print "GPU available: ..." a second time
     try:
-        L.Trainer(
+        probe = L.Trainer(
             **settings, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
         )
     except (MisconfigurationException, TypeError, ValueError) as err:
@@ -247,6 +248,11 @@ def check_hardware_settings(cfg: TrainConfig) -> None:
         raise ConfigError(f"Lightning refuses {flags}: {err}") from None
     finally:
         lightning_log.setLevel(level)
+    if probe.world_size > 1 and cfg.max_lr is None and not cfg.resume:
+        raise ConfigError(
+            f"--max-lr is required with {probe.world_size} processes: each would run its own LR finder and could "
+            "train with another max LR (the committed recipe used --max-lr 0.01)"
+        )
 
 
 def build_trainer(cfg: TrainConfig, extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:

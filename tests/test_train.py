@@ -248,6 +248,18 @@ def test_bad_hardware_settings_stop_with_one_clear_line_before_any_work(flag, va
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flags", [["--devices", "2"], ["--devices", "2", "--strategy", "ddp"], ["--num-nodes", "2"]])
+@pytest.mark.usefixtures("no_lr_finder")
+def test_several_processes_without_max_lr_stop_before_any_work(flags, image_folder, tmp_path, capsys):
+    """Each process would run its own LR finder and could pick another max LR: DDP would train them apart."""
+    out = tmp_path / "run"
+    args = ["--data-dir", str(image_folder), "--out", str(out), "--num-workers", "0", "--accelerator", "cpu", *flags]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: --max-lr is required with") and "processes" in error
+    assert not out.exists()
+
+
 @pytest.mark.usefixtures("no_lr_finder")
 def test_an_output_folder_that_cannot_be_made_is_a_clear_error(image_folder, tmp_path, capsys):
     blocker = tmp_path / "a_file"
