@@ -141,7 +141,13 @@ class RunResult:
 
 
 def uses_gpu(cfg: TrainConfig) -> bool:
+    """Whether the run trains on a CUDA GPU."""
     return cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+
+
+def device_for(cfg: TrainConfig) -> torch.device:
+    """The GPU when the run trains on one, else the CPU: where the LR finder and the test report run."""
+    return torch.device("cuda" if uses_gpu(cfg) else "cpu")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -189,8 +195,7 @@ def build_net(cfg: TrainConfig) -> CustomResNet:
 
 def run_lr_finder(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule) -> LRFinderResult:
     """Range test on the training loader with the training optimizer; the weights are restored after."""
-    device = torch.device("cuda" if uses_gpu(cfg) else "cpu")
-    net.to(device, memory_format=torch.channels_last)  # as in training: faster on CPU, in bf16 and in fp32
+    net.to(device_for(cfg), memory_format=torch.channels_last)  # as in training: faster on CPU, in bf16 and in fp32
     result = find_lr(
         net,
         dm.train_dataloader(),
@@ -366,9 +371,12 @@ def report_indices(cfg: TrainConfig, dm: CIFAR10DataModule) -> np.ndarray:
 
 
 def report(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule) -> tuple[Predictions, dict]:
-    """fp32 predictions on the test split, then confusion matrix, per-class accuracy and mistakes."""
+    """fp32 predictions on the test split (on the GPU when the run trained on one), then confusion matrix,
+    per-class accuracy and mistakes."""
     indices = report_indices(cfg, dm)
-    preds = predict(net.float().cpu(), Subset(dm.test_dataset(), indices.tolist()))
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # fp32 also on GPUs whose default is TF32
+        preds = predict(net.float().to(device_for(cfg)), Subset(dm.test_dataset(), indices.tolist()))
+    net.cpu()
     metrics = preds.report()
     labels, predicted = preds.labels, preds.probs.argmax(1)
     plots.confusion(labels, predicted, cfg.images_dir / "confusion_matrix.png")
