@@ -15,9 +15,19 @@ from torch_lr_finder import LRFinder
 
 from era_utils.lit_module import param_groups
 
+# The suggestion leaves out the first and last batches of the curve, and needs two more to take a slope.
+SKIP_START, SKIP_END = 10, 5
+MIN_BATCHES = SKIP_START + SKIP_END + 2
+
+
+class LRFinderError(RuntimeError):
+    """The range test stopped (its loss diverged) too early for a suggestion."""
+
 
 @dataclass
 class LRFinderResult:
+    """The steepest-descent suggestion and the recorded curve (LR, smoothed loss per batch)."""
+
     suggested_lr: float
     lrs: list[float]
     losses: list[float]
@@ -52,8 +62,14 @@ def find_lr(
         grad_scaler=torch.amp.GradScaler(device.type, enabled=False) if bf16 else None,
     )
     finder.range_test(loader, end_lr=end_lr, num_iter=num_iter, step_mode="exp")
+    if len(finder.history["lr"]) < MIN_BATCHES:
+        finder.reset()
+        raise LRFinderError(
+            f"the LR range test's loss diverged after {len(finder.history['lr'])} batches, too few to suggest a max "
+            f"LR (it takes {MIN_BATCHES}); give one (--max-lr, or MAX_LR in the notebook), or more --lr-find-iters"
+        )
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax, suggested = finder.plot(ax=ax, suggest_lr=True)
+    ax, suggested = finder.plot(skip_start=SKIP_START, skip_end=SKIP_END, ax=ax, suggest_lr=True)
     ax.set_title(f"LR range test: suggested max LR {suggested:.2e}")
     if plot_path is not None:
         plot_path = Path(plot_path)

@@ -35,12 +35,13 @@ from era_utils.export import export_model
 from era_utils.ghost_bn import use_ghost_batch_norm
 from era_utils.history import KeepLogOnResume, epoch_table
 from era_utils.lit_module import CheckpointMismatchError, LitClassifier, RecipeCheck
-from era_utils.lr_finder import LRFinderResult, find_lr
+from era_utils.lr_finder import LRFinderError, LRFinderResult, find_lr
 from era_utils.misclassified import caption, confident_mistakes, export_misclassified, save_store
 from era_utils.model import CustomResNet
 from era_utils.transforms import FLIPS, denormalize
 
-# The fewest batches from which torch-lr-finder can suggest a learning rate (it skips the first 10 and last 5).
+# The smoke run's range test: a few more batches than the suggestion takes (lr_finder.MIN_BATCHES), since the
+# loss may diverge before the last one.
 FAST_DEV_LR_FIND_ITERS = 20
 
 
@@ -133,6 +134,8 @@ class TrainConfig:
 
 @dataclass
 class RunResult:
+    """What `run` produced: the max LR, Lightning's test metrics, the epoch table, the report, the weights."""
+
     max_lr: float
     test_metrics: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
@@ -174,6 +177,7 @@ def default_precision(cfg: TrainConfig) -> str:
 
 
 def build_datamodule(cfg: TrainConfig) -> CIFAR10DataModule:
+    """The data module, its splits loaded (downloaded or read from `data_dir`), so data errors come first."""
     dm = CIFAR10DataModule(
         cfg.data_dir, cfg.batch_size, cfg.num_workers, cfg.per_class, cfg.download_root, cfg.seed, cfg.flip
     )
@@ -261,6 +265,7 @@ def check_hardware_settings(cfg: TrainConfig) -> None:
 
 
 def build_trainer(cfg: TrainConfig, extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+    """The Trainer: progress bar, LR log, `last.ckpt` every epoch, recipe check, EMA, CSV log in `OUT/logs`."""
     callbacks = [
         *extra_callbacks,
         # The plain-text bar: it also renders in notebooks run by papermill, where Rich's live display is lost.
@@ -289,6 +294,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Sequence[L.Callback] = ()) 
 
 
 def resume_checkpoint(cfg: TrainConfig) -> str | None:
+    """`OUT/checkpoints/last.ckpt` with `--resume` (a clear error if there is none), else None."""
     if not cfg.resume:
         return None
     last = cfg.checkpoint_dir / "last.ckpt"
@@ -434,6 +440,7 @@ def run(cfg: TrainConfig) -> RunResult:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """The command line as a TrainConfig."""
     defaults = TrainConfig()
     p = argparse.ArgumentParser(
         prog="python -m era_utils.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -484,10 +491,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: 0 on success, 2 with one `error:` line for a mistake in the settings or the data."""
     cfg = parse_args(argv)
     try:
         result = run(cfg)
-    except (CheckpointMismatchError, ConfigError, DataError) as err:
+    except (CheckpointMismatchError, ConfigError, DataError, LRFinderError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if result.report:

@@ -51,19 +51,40 @@ class RecordingFinder:
 
     seen: list["RecordingFinder"] = []
 
+    batches = lr_finder.MIN_BATCHES  # how many the range test records before it stops
+
     def __init__(self, model, optimizer, criterion, **kwargs) -> None:
         self.model, self.optimizer, self.criterion = model, optimizer, criterion
-        self.history = {"lr": [1e-3], "loss": [2.3]}
+        self.history = {"lr": [1e-3] * self.batches, "loss": [2.3] * self.batches}
+        self.restored = False
         RecordingFinder.seen.append(self)
 
     def range_test(self, *args, **kwargs) -> None:
         pass
 
-    def plot(self, ax, suggest_lr: bool):
+    def plot(self, ax, suggest_lr: bool, **skips: int):
         return ax, 1e-3
 
     def reset(self) -> None:
-        pass
+        self.restored = True
+
+
+def test_a_range_test_that_diverges_too_early_is_one_clear_line_and_restores_the_weights(
+    image_folder, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """torch-lr-finder stops once the loss diverges; with fewer batches than its suggestion takes, its plot raises
+    a bare RuntimeError. The run must stop with advice instead, before training, its network restored."""
+    monkeypatch.setattr(lr_finder, "LRFinder", RecordingFinder)
+    monkeypatch.setattr(RecordingFinder, "batches", lr_finder.MIN_BATCHES - 1)
+    RecordingFinder.seen = []
+    args = ["--data-dir", str(image_folder), "--out", str(tmp_path / "run"), "--fast-dev-run", "--num-workers", "0"]
+    assert train.main([*args, "--accelerator", "cpu", "--devices", "1"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: the LR range test's loss diverged after {lr_finder.MIN_BATCHES - 1} batches")
+    assert "--max-lr" in error
+    (finder,) = RecordingFinder.seen
+    assert finder.restored
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no training started
 
 
 def test_range_test_optimizer_decays_conv_and_linear_weights_only(monkeypatch: pytest.MonkeyPatch) -> None:
