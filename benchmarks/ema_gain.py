@@ -14,6 +14,7 @@ import torch
 from era_utils.config import NUM_CLASSES
 from era_utils.data import ArrayDataset, load_split
 from era_utils.evaluate import predict
+from era_utils.export import to_plain_state
 from era_utils.model import CustomResNet
 from era_utils.train import TrainConfig
 from era_utils.transforms import test_transforms
@@ -21,7 +22,7 @@ from era_utils.transforms import test_transforms
 
 def network(state_dict: dict[str, torch.Tensor], logit_scale: float) -> CustomResNet:
     net = CustomResNet(NUM_CLASSES, logit_scale=logit_scale)
-    net.load_state_dict({name.removeprefix("net."): value for name, value in state_dict.items()})
+    net.load_state_dict(to_plain_state(state_dict))
     return net
 
 
@@ -29,15 +30,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="checkpoints/last.ckpt")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--logit-scale", type=float, default=TrainConfig.logit_scale)
+    parser.add_argument("--logit-scale", type=float, help="default: the checkpoint's, else TrainConfig's")
     args = parser.parse_args()
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)  # our own Lightning checkpoint
     if "current_model_state" not in checkpoint:
         raise SystemExit("error: this checkpoint was saved without the weight EMA; there is nothing to compare")
+    recipe = checkpoint.get("callbacks", {}).get("RecipeCheck", {})  # older checkpoints lack it
+    logit_scale = args.logit_scale or recipe.get("logit_scale", TrainConfig.logit_scale)
     dataset = ArrayDataset(load_split("test", args.data_dir), test_transforms())
     result = {"epoch": checkpoint["epoch"], "global_step": checkpoint["global_step"]}
     for name, key in (("ema", "state_dict"), ("raw", "current_model_state")):
-        report = predict(network(checkpoint[key], args.logit_scale), dataset).report()
+        report = predict(network(checkpoint[key], logit_scale), dataset).report()
         result[name] = {"accuracy": report["accuracy"], "accuracy_tta": report["accuracy_tta"]}
     print(json.dumps(result))
 

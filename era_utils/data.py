@@ -213,7 +213,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         """The training split with `transform` (default: the training augmentation) and the chosen flip."""
         self.setup()
         alternating = self.flip == "alternating"
-        transform = transform or train_transforms(random_flip=not alternating)
+        if transform is None:
+            transform = train_transforms(random_flip=not alternating)
         return ArrayDataset(self.train_split, transform, seed=self.seed, alternating_flip=alternating)
 
     def test_dataset(self) -> ArrayDataset:

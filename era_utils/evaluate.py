@@ -25,9 +25,9 @@ from era_utils.lit_module import flip_tta_logits
 from era_utils.transforms import test_transforms
 
 
-def confusion_counts(labels: np.ndarray, predicted: np.ndarray, num_classes: int = len(CLASS_NAMES)) -> np.ndarray:
-    """num_classes × num_classes counts: row = true class, column = predicted class."""
-    k = num_classes
+def confusion_counts(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Counts over the classes × classes: row = true class, column = predicted class."""
+    k = len(CLASS_NAMES)
     return np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
 
 
@@ -94,6 +94,7 @@ def positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: prints one JSON line (or writes model.json's metrics); 2 with one `error:` line."""
     parser = argparse.ArgumentParser(
         prog="python -m era_utils.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -19,6 +19,7 @@ CONFIG_NAME = "model.json"
 
 
 def sha256_of(path: str | Path) -> str:
+    """The file's SHA-256 as hex, as model.json records it."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 

@@ -1,4 +1,4 @@
-"""Ghost batch norm: in training, batch-norm statistics over slices of the batch (issue 14).
+"""Ghost batch norm: in training, batch-norm statistics over slices of the batch.
 
 Each slice of `ghost_batch_size` consecutive images is normalised with its own mean and variance, which adds
 noise that regularises, as in Hoffer et al. 2017 ("Train longer, generalize better") and David Page's "How to

@@ -17,6 +17,7 @@ def confident_mistakes(labels: np.ndarray, probs: np.ndarray, n: int) -> np.ndar
 
 
 def caption(label: int, pred: int, confidence: float) -> str:
+    """`true → predicted (confidence%)`, e.g. `dog → cat (97%)`."""
     return f"{CLASS_NAMES[label]} → {CLASS_NAMES[pred]} ({100 * confidence:.0f}%)"
 
 
@@ -37,7 +38,7 @@ def parse_file_name(name: str) -> tuple[int, int, float]:
 def export_misclassified(
     images: np.ndarray, labels: np.ndarray, probs: np.ndarray, out_dir: str | Path, n: int = 20
 ) -> list[Path]:
-    """Save the `n` most confident mistakes as PNGs named `<rank>_<true>_as_<pred>_<confidence>.png`."""
+    """Save the `n` most confident mistakes as PNGs named by `file_name`, e.g. `01_bird_as_frog_98pct.png`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*_as_*.png"):

@@ -17,6 +17,7 @@ from era_utils.evaluate import confusion_counts
 
 
 def save(fig: Figure, path: str | Path | None) -> Figure:
+    """Write `fig` to `path` (folders made as needed) unless it is None; return it for display."""
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -35,7 +35,7 @@ EXAMPLES_DIR = "examples"
 
 MAX_FILE_BYTES = 20 * 1024 * 1024  # also passed to launch(max_file_size=...)
 MAX_PIXELS = 40_000_000  # 40 MP: a phone photo is ~12 MP; a 20000x20000 bomb is 400 MP
-MAX_K = 10  # the issue's hard limit on k, whatever the number of classes
+MAX_K = 10  # the most classes a prediction lists, whatever the number of classes
 # Pillow decodes a few dozen formats, some through external programs (EPS via Ghostscript);
 # only these common, self-contained ones are accepted.
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG includes MPO (camera JPEGs)
@@ -334,6 +334,7 @@ class MisclassifiedStore:
 
     @classmethod
     def load(cls, path: Path, classes: Sequence[str], image_size: int) -> MisclassifiedStore:
+        """The store in `path`, checked against the model's classes and image size (ModelFilesError if not)."""
         with np.load(path, allow_pickle=False) as data:
             store = cls(data["images"], data["labels"], data["preds"], data["confidences"])
             stored_classes = [str(c) for c in data["classes"]] if "classes" in data else list(classes)
@@ -376,12 +377,14 @@ def parse_int(value: Any, what: str, low: int, high: int) -> int:
 
 
 def parse_float(value: Any, what: str, low: float, high: float) -> float:
+    """`value` as a finite float in [low, high]; else an InputError naming `what`."""
     if not _is_number(value) or not math.isfinite(value) or not low <= float(value) <= high:
         raise InputError(f"{what} must be a number from {low:g} to {high:g}, got {value!r}.")
     return float(value)
 
 
 def parse_bool(value: Any, what: str) -> bool:
+    """`value` if it is a boolean; else an InputError naming `what`."""
     if not isinstance(value, (bool, np.bool_)):
         raise InputError(f"{what} must be true or false, got {value!r}.")
     return bool(value)
