@@ -595,6 +595,8 @@ class SpaceApp:
                 trigger_mode="always_last",
             )
             # Not image.change, which fires twice when an upload replaces another: two runs, each note twice.
+            # An example's click loads it into `image` through the Examples' `load_input_event` (an attribute
+            # gr.Examples sets, not in Gradio's docs; the browser test clicks an example), and `.then` runs after it.
             for when_new_image in (image.input, examples.load_input_event.then if examples else None):
                 if when_new_image:
                     ranked = when_new_image(self._skip_without_image(self.predict, None), **rank_event)
