@@ -380,8 +380,7 @@ def report(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule) -> tuple[
     """fp32 predictions on the test split (on the GPU when the run trained on one), then confusion matrix,
     per-class accuracy and mistakes."""
     indices = report_indices(cfg, dm)
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # fp32 also on GPUs whose default is TF32
-        preds = predict(net.float().to(device_for(cfg)), Subset(dm.test_dataset(), indices.tolist()))
+    preds = predict(net.float().to(device_for(cfg)), Subset(dm.test_dataset(), indices.tolist()))
     net.cpu()
     metrics = preds.report()
     labels, predicted = preds.labels, preds.probs.argmax(1)
