@@ -4,6 +4,7 @@ refreshed from existing weights by `python -m era_utils.evaluate --write-metrics
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -89,10 +90,12 @@ def test_training_export_writes_the_full_metrics(image_folder: Path, tmp_path: P
     cfg = TrainConfig(data_dir=str(image_folder), out=str(tmp_path), app_dir=str(tmp_path / "app"), num_workers=0)
     dm = build_datamodule(cfg)
     preds = random_predictions(dm.test_split.labels)
-    weights = export_artifacts(cfg, CustomResNet(NUM_CLASSES), dm, preds, max_lr=0.01)
+    weights = export_artifacts(cfg, CustomResNet(NUM_CLASSES), dm, preds, max_lr=0.0123)
     config = json.loads(weights.with_name(CONFIG_NAME).read_text())
     assert config["metrics"] == json.loads(json.dumps(preds.report()))
     assert set(config["metrics"]) == METRIC_KEYS
+    # The max LR the run used (here, as when the LR finder chose it, not the config's None), and every other knob.
+    assert config["training"] == json.loads(json.dumps(asdict(cfg) | {"max_lr": 0.0123}))
 
 
 def test_app_examples_are_test_images_one_per_class(image_folder: Path, tmp_path: Path) -> None:
@@ -226,3 +229,13 @@ def test_bad_refresh_is_a_one_line_error_and_touches_nothing(
     (line,) = captured.err.strip().splitlines()
     assert line.startswith("error: ") and message in line
     assert files_of(app_dir) == before
+
+
+def test_report_covers_only_the_classes_present_and_is_strict_json() -> None:
+    """A subset of the test split (a fast dev run's one batch) lacks some classes: they are left out of the per-class
+    accuracies, not reported as NaN, which model.json would carry as a bare NaN that strict JSON readers refuse."""
+    labels = np.random.default_rng(2).integers(0, 5, 200)  # classes 0-4 only
+    report = random_predictions(labels).report()
+    for view in VIEWS:
+        assert list(report[f"per_class{view}"]) == list(CLASS_NAMES[:5])
+    json.dumps(report, allow_nan=False)

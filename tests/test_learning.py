@@ -148,3 +148,24 @@ def test_tta_accuracy_is_that_of_the_mean_of_the_image_and_mirror_image_logits()
     assert metrics["test/acc"] == pytest.approx(accuracy(plain), abs=1e-6)
     # Wrong TTAs score differently on these images, so the check above can tell them apart.
     assert expected not in {accuracy(plain), accuracy(mirror), accuracy((plain + upside_down) / 2)}
+
+
+def test_validation_and_training_accuracy_are_each_of_their_own_images():
+    """val/acc counts the validation images only (and train/acc the training ones): a metric object shared between
+    the stages would report a mix of both. With a learning rate too small to move the weights, the training labels
+    are the network's own answers (100%) and the validation labels never are (0%)."""
+    g = torch.Generator().manual_seed(0)
+    train_images, val_images = torch.randn(64, 3, 32, 32, generator=g), torch.randn(64, 3, 32, 32, generator=g)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, NUM_CLASSES))
+    with torch.no_grad():
+        train_labels, val_labels = net(train_images).argmax(1), (net(val_images).argmax(1) + 1) % NUM_CLASSES
+    lit = LitClassifier(net, NUM_CLASSES, max_lr=1e-12)
+    trainer = cpu_trainer(max_epochs=1, num_sanity_val_steps=0)
+    trainer.fit(
+        lit,
+        DataLoader(TensorDataset(train_images, train_labels), batch_size=16),
+        DataLoader(TensorDataset(val_images, val_labels), batch_size=16),
+    )
+    assert trainer.callback_metrics["train/acc"].item() == 1.0
+    assert trainer.callback_metrics["val/acc"].item() == 0.0

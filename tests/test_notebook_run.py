@@ -204,3 +204,36 @@ def test_the_committed_notebook_pins_no_local_data_folder_and_shows_no_raw_progr
     assert "DATA_DIR = None\n" in parameters["source"], "in Colab the notebook must download CIFAR-10"
     streams = ["".join(o["text"]) for c in notebook["cells"] for o in c.get("outputs", []) if "text" in o]
     assert streams and not [s for s in streams if "\r" in s or "\x1b" in s]
+
+
+def finished_run(root: Path, metrics: dict) -> Path:
+    """A run directory as a finished notebook run leaves it: every artifact present, model.json with `metrics`."""
+    for name in runner.ARTIFACT_FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    (root / "logs" / "metrics.csv").write_text("epoch,step,train/acc,val/acc\n0,9,0.5,0.5\n")
+    meta = {"input_path": "S12.ipynb", "output_path": "S12.ipynb", "end_time": "2025-01-01T00:00:00", "duration": 60}
+    (root / runner.NOTEBOOK).write_text(json.dumps({"cells": [], "metadata": {"papermill": meta}}))
+    (root / "space_app" / "model.json").write_text(json.dumps({"metrics": metrics}))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("run", "ships"),
+    [
+        ({"accuracy": 0.9101, "accuracy_tta": 0.9150}, True),  # better single view, flip TTA below the committed one
+        ({"accuracy": 0.9100, "accuracy_tta": 0.9500}, False),  # a tie with the committed single view
+        ({"accuracy": 0.8900, "accuracy_tta": 0.9500}, False),  # only its flip TTA beats the committed single view
+    ],
+    ids=["better", "tie", "worse-single-view"],
+)
+def test_ship_needs_a_single_view_above_the_committed_single_view(tmp_path, run, ships):
+    """`ship` compares like with like: the run's single-view accuracy against the committed model's, strictly."""
+    committed = finished_run(tmp_path / "repo", {"accuracy": 0.91, "accuracy_tta": 0.92})
+    run_dir = finished_run(tmp_path / "runs" / "candidate", run)
+    if ships:
+        runner.check_shippable(run_dir, committed, force=False)
+    else:
+        with pytest.raises(SystemExit, match="does not beat the committed 91.00%"):
+            runner.check_shippable(run_dir, committed, force=False)
+    runner.check_shippable(run_dir, committed, force=True)

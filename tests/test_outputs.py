@@ -1,4 +1,4 @@
-"""Export round trip, evaluate's JSON, misclassified export, Grad-CAM and the epoch table."""
+"""Export round trip, evaluate's JSON, misclassified export, Grad-CAM, the epoch table and the report figures."""
 
 import json
 import warnings
@@ -199,3 +199,44 @@ def test_report_figures_read_true_by_row_and_caption_true_then_predicted(
     files = sorted(p.name for p in (tmp_path / "misclassified_images").glob("*.png"))
     named = [f"{CLASS_NAMES[true]} → {CLASS_NAMES[pred]}" for true, pred, _ in map(parse_file_name, files)]
     assert len(named) >= 2 and [c.split(" (")[0] for c in drawn["captions"]] == named
+
+
+def test_training_curves_plot_each_stage_its_own_loss_and_accuracy_in_percent(tmp_path):
+    """The README's curves: the train and val lines of each panel are that stage's column, accuracy in % (its axis
+    says so). A line drawn from the other stage's column, or accuracy left in [0, 1], would show a wrong run."""
+    table = pd.DataFrame(
+        {"train_loss": [2.0, 1.5], "val_loss": [1.8, 1.2], "train_acc": [0.3, 0.5], "val_acc": [0.4, 0.6]},
+        index=pd.Index([1, 2], name="epoch"),
+    )
+    fig = plots.training_curves(table, tmp_path / "curves.png")
+    loss_ax, acc_ax = fig.axes
+    for ax, column, scale in ((loss_ax, "loss", 1), (acc_ax, "acc", 100)):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert set(lines) == {"train", "val"}
+        for stage, line in lines.items():
+            assert list(line.get_xdata()) == [1, 2]
+            assert list(line.get_ydata()) == pytest.approx([scale * v for v in table[f"{stage}_{column}"]])
+    assert acc_ax.get_ylabel() == "accuracy (%)"
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_confusion_figure_says_true_by_row_and_predicted_by_column():
+    labels, preds = np.array([0, 0, 0, 1]), np.array([1, 1, 2, 1])  # two airplanes taken for automobiles
+    ax = plots.confusion(labels, preds).axes[0]
+    cells = ax.collections[0].get_array().reshape(NUM_CLASSES, NUM_CLASSES)
+    assert cells[0, 1] == 2 and cells[1, 0] == 0  # row: true class, column: prediction
+    assert (ax.get_ylabel(), ax.get_xlabel()) == ("true", "predicted")
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(CLASS_NAMES)
+
+
+def test_export_replaces_the_mistakes_of_a_previous_export(tmp_path):
+    """A second run into the same folder must not leave the first run's mistakes beside its own: the README's table
+    and the notebook list the folder's files, sorted by rank."""
+    probs, labels = _probs_and_labels()
+    images = np.zeros((5, 32, 32, 3), dtype=np.uint8)
+    folder = tmp_path / "mis"
+    folder.mkdir()
+    (folder / "01_cat_as_dog_99pct.png").write_bytes(b"an older run's")
+    (folder / "notes.txt").write_text("not an exported mistake")
+    paths = export_misclassified(images, labels, probs, folder, n=2)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in paths] + ["notes.txt"])

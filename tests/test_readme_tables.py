@@ -1,11 +1,13 @@
-"""scripts/readme_tables.py's command line: help, one-line usage errors for a missing or broken file, a table.
-The script runs as a subprocess where its exit matters (each run imports torch, a few seconds); the other
-error cases call its main() in this process."""
+"""scripts/readme_tables.py's command line: help, one-line usage errors for a missing or broken file, a table; and
+what the classes, epochs and misclassified tables show, from made-up inputs. The script runs as a subprocess where
+its exit matters (each run imports torch, a few seconds); the other cases call it in this process."""
 
+import json
 import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from app_helpers import load_file_module
 
@@ -112,3 +114,42 @@ def test_each_subcommand_has_its_help(main, capsys, subcommand):
         main([subcommand, "--help"])
     assert exited.value.code == 0
     assert f" {subcommand} [-h]" in capsys.readouterr().out.splitlines()[0]  # its own usage line
+
+
+@pytest.fixture(scope="module")
+def tables(repo):
+    return load_file_module(repo / "scripts", "readme_tables")
+
+
+def test_classes_table_puts_each_view_under_its_own_header(tables, tmp_path):
+    """Each view's per-class and overall accuracy in its column: single view, flip TTA, flip + translation TTA."""
+    report = {"n": 10_000, "accuracy": 0.9012, "accuracy_tta": 0.9123, "accuracy_tta_translate": 0.9234}
+    for view, base in (("", 0.50), ("_tta", 0.60), ("_tta_translate", 0.70)):
+        report[f"per_class{view}"] = {name: base + c / 100 for c, name in enumerate(CLASS_NAMES)}
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    rows = tables.classes_table(str(tmp_path / "eval.json")).splitlines()
+    assert rows[0] == "| class | single view | flip TTA | flip + translation TTA |"
+    assert rows[2 + 3] == "| cat | 53.0% | 63.0% | 73.0% |"
+    assert rows[-1] == "| **all 10,000** | **90.12%** | **91.23%** | **92.34%** |"
+
+
+def test_epochs_table_shows_each_epochs_train_and_val_figures_and_lr(tables, tmp_path):
+    rows = [
+        {"step": 9, "lr-AdamW/pg1": 0.0004},
+        {"epoch": 0, "step": 9, "val/loss": 1.5, "val/acc": 0.4567},
+        {"epoch": 0, "step": 9, "train/loss": 1.8, "train/acc": 0.3456},
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
+    lines = tables.epochs_table(str(tmp_path / "metrics.csv")).splitlines()
+    assert lines[0] == "| epoch | train loss | train acc | val loss | val acc | LR |"
+    assert lines[2:] == ["| 1 | 1.8000 | 34.56% | 1.5000 | 45.67% | 4.00e-04 |"]
+
+
+def test_misclassified_table_shows_the_ten_most_confident_mistakes_in_rank_order(tables, tmp_path):
+    """The first ten of the exported files by rank (most confident first), each captioned true → predicted."""
+    for rank in range(1, 13):
+        (tmp_path / f"{rank:02d}_cat_as_dog_{100 - rank}pct.png").write_bytes(b"")
+    lines = tables.misclassified_table(str(tmp_path)).splitlines()
+    captions = lines[3].strip("| ").split(" | ")
+    assert captions == [f"cat → dog ({100 - rank}%)" for rank in range(1, 11)]
+    assert lines[2].startswith(f"| ![cat → dog (99%)]({tmp_path}/01_cat_as_dog_99pct.png) |")

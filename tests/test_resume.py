@@ -140,7 +140,7 @@ def test_resume_takes_the_checkpoints_max_lr_and_does_not_run_the_lr_finder(imag
     [
         ({"epochs": EPOCHS + 1}, "OneCycle steps"),
         ({"batch_size": 4}, "OneCycle steps"),
-        ({"max_lr": 0.02}, "max_lr"),
+        ({"max_lr": 0.02}, f"max_lr: {FIRST_MAX_LR} in the checkpoint, 0.02 now"),
         ({"weight_decay": 0.1}, "weight_decay"),
         ({"label_smoothing": 0.0}, "label_smoothing"),
         ({"pct_start": 0.5}, "pct_start"),
