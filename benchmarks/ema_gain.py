@@ -17,7 +17,7 @@ from era_utils.evaluate import predict
 from era_utils.export import to_plain_state
 from era_utils.model import CustomResNet
 from era_utils.train import TrainConfig
-from era_utils.transforms import test_transforms
+from era_utils.transforms import eval_transforms
 
 
 def network(state_dict: dict[str, torch.Tensor], logit_scale: float) -> CustomResNet:
@@ -37,7 +37,7 @@ def main() -> None:
         raise SystemExit("error: this checkpoint was saved without the weight EMA; there is nothing to compare")
     recipe = checkpoint.get("callbacks", {}).get("RecipeCheck", {})  # older checkpoints lack it
     logit_scale = args.logit_scale or recipe.get("logit_scale", TrainConfig.logit_scale)
-    dataset = ArrayDataset(load_split("test", args.data_dir), test_transforms())
+    dataset = ArrayDataset(load_split("test", args.data_dir), eval_transforms())
     result = {"epoch": checkpoint["epoch"], "global_step": checkpoint["global_step"]}
     for name, key in (("ema", "state_dict"), ("raw", "current_model_state")):
         report = predict(network(checkpoint[key], logit_scale), dataset).report()

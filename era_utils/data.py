@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from era_utils.config import CLASS_NAMES, IMAGE_SIZE
-from era_utils.transforms import FLIPS, test_transforms, train_transforms
+from era_utils.transforms import FLIPS, eval_transforms, train_transforms
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -219,7 +219,7 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def test_dataset(self) -> ArrayDataset:
         self.setup()
-        return ArrayDataset(self.test_split, test_transforms())
+        return ArrayDataset(self.test_split, eval_transforms())
 
     def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(

@@ -22,7 +22,7 @@ from era_utils.config import CLASS_NAMES
 from era_utils.data import ArrayDataset, DataError, load_split
 from era_utils.export import load_model, write_metrics
 from era_utils.lit_module import flip_tta_logits
-from era_utils.transforms import test_transforms
+from era_utils.transforms import eval_transforms
 
 
 def confusion_counts(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         net, config = load_model(args.weights)
         if config["classes"] != list(CLASS_NAMES):
             raise ValueError(f"{args.weights} was trained on classes {config['classes']}, not CIFAR-10's")
-        dataset = ArrayDataset(load_split("test", args.data_dir), test_transforms())
+        dataset = ArrayDataset(load_split("test", args.data_dir), eval_transforms())
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

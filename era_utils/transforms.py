@@ -16,7 +16,8 @@ FLIPS: tuple[str, ...] = ("random", "alternating")
 MEAN_PIXEL = tuple(round(m * 255) for m in CIFAR_MEAN)
 
 
-def normalize() -> A.Compose:
+def eval_transforms() -> A.Compose:
+    """What test images get, and training images last: normalization with the CIFAR-10 mean and std, to CHW."""
     return A.Compose([A.Normalize(mean=CIFAR_MEAN, std=CIFAR_STD, max_pixel_value=255.0), ToTensorV2()])
 
 
@@ -38,16 +39,12 @@ def train_transforms(random_flip: bool = True) -> A.Compose:
                 fill=MEAN_PIXEL,
                 p=1.0,
             ),
-            normalize(),
+            eval_transforms(),
         ]
     )
 
 
-def test_transforms() -> A.Compose:
-    return normalize()
-
-
-def denormalize(images: "np.ndarray") -> "np.ndarray":
+def denormalize(images: np.ndarray) -> np.ndarray:
     """Normalized CHW or NCHW float arrays back to HWC / NHWC floats in [0, 1]."""
     mean = np.asarray(CIFAR_MEAN, dtype=np.float32)
     std = np.asarray(CIFAR_STD, dtype=np.float32)

@@ -14,7 +14,7 @@ from era_utils.config import NUM_CLASSES
 from era_utils.data import CIFAR10DataModule
 from era_utils.lit_module import LitClassifier
 from era_utils.model import CustomResNet
-from era_utils.transforms import test_transforms
+from era_utils.transforms import eval_transforms
 
 # The recipe as the README's Hyperparameters table states it.
 README_RECIPE = {
@@ -58,7 +58,7 @@ class LossLog(L.Callback):
 
 def test_with_augmentation_off_the_loss_on_one_fixed_batch_falls_by_a_large_factor(image_folder):
     dm = CIFAR10DataModule(image_folder, per_class=1)
-    batch = next(iter(DataLoader(dm.train_dataset(test_transforms()), batch_size=NUM_CLASSES)))
+    batch = next(iter(DataLoader(dm.train_dataset(eval_transforms()), batch_size=NUM_CLASSES)))
     loader = DataLoader(TensorDataset(*batch), batch_size=NUM_CLASSES)  # the same 10 noise images every step
     torch.manual_seed(0)
     net = CustomResNet(NUM_CLASSES, logit_scale=README_RECIPE["logit_scale"])

@@ -61,11 +61,11 @@ def spread_out(net: CustomResNet, batch: torch.Tensor) -> CustomResNet:
 
 def test_exported_model_gives_the_space_the_probabilities_of_the_training_preprocessing(tmp_path: Path) -> None:
     """A model.json with mean and std swapped (or any statistic other than training's) would make the Space feed the
-    network differently normalized images: its probabilities would differ from softmax(net(test_transforms(x)))."""
+    network differently normalized images: its probabilities would differ from softmax(net(eval_transforms(x)))."""
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     images[0] = (255, 0, 0)  # saturated colours, where the per-channel statistics matter most
     images[1] = (0, 0, 255)
-    transform = transforms.test_transforms()
+    transform = transforms.eval_transforms()
     batch = torch.stack([transform(image=image)["image"] for image in images])
     torch.manual_seed(0)
     net = spread_out(CustomResNet(NUM_CLASSES, logit_scale=1.0).eval(), batch)

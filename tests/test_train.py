@@ -25,7 +25,7 @@ from era_utils.train import (
     parse_args,
     save_samples,
 )
-from era_utils.transforms import test_transforms
+from era_utils.transforms import eval_transforms
 
 # Training tests run on one CPU process: "auto" would switch precision on a GPU runner and start DDP inside
 # pytest on a multi-GPU one.
@@ -68,7 +68,7 @@ def test_fast_dev_run_cli_writes_weights_json_and_plots(image_folder, tmp_path, 
     # their figures are those of the exported weights on those images, computed here again.
     picks = [0, 4, 8, 12, 17, 21, 25, 29]
     split = load_split("test", image_folder)
-    images = torch.stack([test_transforms()(image=split.images[i])["image"] for i in picks])
+    images = torch.stack([eval_transforms()(image=split.images[i])["image"] for i in picks])
     with torch.no_grad():
         probs = net(images).softmax(1).numpy()
     labels, preds = split.labels[picks], probs.argmax(1)

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from era_utils.config import CIFAR_MEAN, CIFAR_STD, IMAGE_SIZE
-from era_utils.transforms import CUTOUT_SIZE, MEAN_PIXEL, denormalize, test_transforms, train_transforms
+from era_utils.transforms import CUTOUT_SIZE, MEAN_PIXEL, denormalize, eval_transforms, train_transforms
 
 
 def _find(pipeline: A.Compose, kind: type) -> list:
@@ -14,7 +14,7 @@ def _find(pipeline: A.Compose, kind: type) -> list:
 
 
 def test_both_pipelines_normalize_with_the_cifar_statistics():
-    for pipeline in (train_transforms(), test_transforms()):
+    for pipeline in (train_transforms(), eval_transforms()):
         (norm,) = _find(pipeline, A.Normalize)
         assert tuple(norm.mean) == CIFAR_MEAN
         assert tuple(norm.std) == CIFAR_STD
@@ -22,7 +22,7 @@ def test_both_pipelines_normalize_with_the_cifar_statistics():
 
 def test_mean_coloured_image_normalizes_to_about_zero():
     image = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), MEAN_PIXEL, dtype=np.uint8)
-    out = test_transforms()(image=image)["image"]
+    out = eval_transforms()(image=image)["image"]
     assert out.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and out.dtype == torch.float32
     assert out.abs().max() < 0.01
 
@@ -43,13 +43,13 @@ def test_train_pipeline_is_random_and_test_pipeline_is_not():
     image = rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     train = [train_transforms()(image=image)["image"] for _ in range(4)]
     assert any(not torch.equal(train[0], t) for t in train[1:])
-    assert torch.equal(test_transforms()(image=image)["image"], test_transforms()(image=image)["image"])
+    assert torch.equal(eval_transforms()(image=image)["image"], eval_transforms()(image=image)["image"])
 
 
 def test_denormalize_inverts_normalize():
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    back = denormalize(test_transforms()(image=image)["image"].numpy())
+    back = denormalize(eval_transforms()(image=image)["image"].numpy())
     assert np.abs(back * 255 - image).max() < 0.5
 
 
