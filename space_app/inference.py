@@ -105,12 +105,15 @@ class LoadedImage:
 
 
 def _high_bit_depth_to_8bit(im: Image.Image) -> Image.Image:
-    """16-bit ("I;16*"), 32-bit integer ("I") and float ("F") grayscale to 8-bit "L"."""
+    """16-bit ("I;16*"), 32-bit integer ("I") and float ("F") grayscale to 8-bit "L".
+
+    16-bit images map 0..65535 onto 0..255, also a dark one whose values all stay below 256; a 32-bit integer image
+    is taken as 16-bit data if any value exceeds 255, else as 8-bit; a float one as [0, 1] if none exceeds 1."""
     arr = np.asarray(im, dtype=np.float64)
     if im.mode == "F" and arr.size and np.nanmax(arr) <= 1.0:
-        arr = arr * 255.0  # float images are usually in [0, 1]
-    elif arr.size and np.nanmax(arr) > 255:
-        arr = arr / 257.0  # 16-bit range 0..65535 onto 0..255
+        arr = arr * 255.0
+    elif im.mode.startswith("I;16") or (arr.size and np.nanmax(arr) > 255):
+        arr = arr / 257.0
     return Image.fromarray(np.nan_to_num(np.clip(arr, 0, 255)).round().astype(np.uint8))
 
 

@@ -376,6 +376,12 @@ CONVERSIONS = {
     "P+transparency": (_palette_transparent, "alpha channel", (255, 255, 255)),
     "CMYK": (_cmyk_jpeg, "CMYK", None),
     "I;16": (_gray16, "High-bit-depth", (255, 255, 255)),
+    # Values up to 255 in a 16-bit image are near black, not 8-bit values.
+    "I;16 dark": (
+        lambda p: save(Image.fromarray(np.full((40, 40), 250, np.uint16)), p.with_suffix(".png")),
+        "High-bit-depth",
+        (1, 1, 1),
+    ),
     "RGB 16-bit": (_rgb16, "16-bit-per-channel", (255, 0, 0)),
     "F": (_float_tiff, "High-bit-depth", (255, 255, 255)),
     "L": (lambda p: save(Image.new("L", (40, 40), 128), p.with_suffix(".png")), "Grayscale", (128, 128, 128)),
