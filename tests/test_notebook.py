@@ -48,19 +48,22 @@ def test_notebook_and_its_script_hold_the_same_code(repo):
     assert _code_cells(jupytext.read(repo / "S12.ipynb")) == _code_cells(jupytext.read(repo / "S12.py"))
 
 
-def test_colab_setup_clones_once_installs_and_works_in_the_clone(repo, tmp_path, monkeypatch):
+def test_colab_setup_clones_once_installs_and_works_in_the_clone(repo, tmp_path, monkeypatch, capsys):
     """In Colab (google.colab loaded, era_utils not installed) the setup cell clones REPO_URL, installs its
     requirements and changes into the clone, so OUT = "." writes there; after a runtime restart it does not clone
-    again; with the placeholder REPO_URL it stops with a message."""
+    again; a failing step shows its own output; with the placeholder REPO_URL it stops with a message; without a
+    GPU it says how to get one."""
     setup = next(cell for cell in _code_cells(jupytext.read(repo / "S12.py")) if "google.colab" in cell)
     clone = tmp_path / "content" / "S12"
     setup = setup.replace("/content/S12", str(clone))
-    commands = []
+    commands, failing = [], []
 
-    def run(command, check):
+    def run(command, capture_output, text):
         commands.append(command)
         if command[:2] == ["git", "clone"]:
             clone.mkdir(parents=True)
+        code = 1 if command[0] in failing else 0
+        return subprocess.CompletedProcess(command, code, "", "ERROR: no matching distribution" if code else "")
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "era_utils" else find_spec(name))
@@ -74,6 +77,11 @@ def test_colab_setup_clones_once_installs_and_works_in_the_clone(repo, tmp_path,
     assert commands[0] == ["git", "clone", "--depth", "1", "https://github.com/someone/cifar.git", str(clone)]
     install = [sys.executable, "-m", "pip", "install", "-q", "-r", f"{clone}/requirements.txt"]
     assert commands[1:] == [install, install]
+    if not torch.cuda.is_available():
+        assert "No GPU" in capsys.readouterr().out
+    failing.append(sys.executable)
+    with pytest.raises(SystemExit, match="pip install -q failed:\nERROR: no matching distribution"):
+        exec(setup, {"REPO_URL": "https://github.com/someone/cifar.git"})
     with pytest.raises(SystemExit, match="Set REPO_URL"):
         exec(setup, {"REPO_URL": "https://github.com/OWNER/REPO.git"})
 
