@@ -438,22 +438,39 @@ def run(cfg: TrainConfig) -> RunResult:
     return result
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each flag's default after its help (unless it has none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """The command line as a TrainConfig."""
     defaults = TrainConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m era_utils.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="python -m era_utils.train", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data-dir", help="offline image folder with train/<class>/ and test/<class>/; default: download")
-    p.add_argument("--download-root", default=defaults.download_root)
+    p.add_argument("--download-root", default=defaults.download_root, help="where CIFAR-10 is downloaded to")
     p.add_argument("--out", default=defaults.out, help="artifacts folder")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--max-lr", type=float, help="OneCycle max LR; skips the LR finder")
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per training step")
+    p.add_argument(
+        "--max-lr",
+        type=float,
+        help="OneCycle's peak LR (the committed recipe: 0.01), skipping the LR finder; required with several "
+        "processes; default: the LR finder's suggestion, or on --resume the checkpoint's",
+    )
+    p.add_argument(
+        "--weight-decay", type=float, default=defaults.weight_decay, help="AdamW's, on conv and linear weights only"
+    )
+    p.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="of the cross-entropy")
     p.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="0 turns the weight EMA off")
-    p.add_argument("--pct-start", type=float, default=defaults.pct_start, help="OneCycle's warm-up share of the steps")
+    p.add_argument(
+        "--pct-start",
+        type=float,
+        default=defaults.pct_start,
+        help="OneCycle's warm-up share of the steps (default: 5/24 = %(default).3f)",
+    )
     p.add_argument(
         "--ghost-batch-size",
         type=int,
@@ -467,21 +484,23 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         help="random: each training image mirrored with p = 0.5; alternating: at random in the first epoch, "
         "then the other way round in every next one (airbench)",
     )
-    p.add_argument("--lr-find-iters", type=int, default=defaults.lr_find_iters)
-    p.add_argument("--accelerator", default=defaults.accelerator)
-    p.add_argument("--devices", default=defaults.devices)
-    p.add_argument("--strategy", default=defaults.strategy, help="e.g. ddp")
-    p.add_argument("--num-nodes", type=int, default=defaults.num_nodes)
+    p.add_argument("--lr-find-iters", type=int, default=defaults.lr_find_iters, help="the LR range test's batches")
+    p.add_argument("--accelerator", default=defaults.accelerator, help="Lightning's: cpu, gpu, auto")
+    p.add_argument("--devices", default=defaults.devices, help="Lightning's: a count, or auto")
+    p.add_argument("--strategy", default=defaults.strategy, help="Lightning's, e.g. ddp")
+    p.add_argument("--num-nodes", type=int, default=defaults.num_nodes, help="machines, for DDP")
     p.add_argument(
         "--precision",
         help="Lightning precision; default 16-mixed on GPU, and on CPU bf16-mixed where it runs fast, else 32-true",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--seed", type=int, default=defaults.seed, help="of the initialisation, data order and augmentation")
     p.add_argument("--fast-dev-run", action="store_true", help="one batch of each stage (smoke test)")
     p.add_argument("--per-class", type=int, help="use only this many images per class")
-    p.add_argument("--num-workers", type=int, default=defaults.num_workers)
-    p.add_argument("--n-misclassified", type=int, default=defaults.n_misclassified)
+    p.add_argument("--num-workers", type=int, default=defaults.num_workers, help="data-loading processes")
+    p.add_argument(
+        "--n-misclassified", type=int, default=defaults.n_misclassified, help="mistakes written as PNG files"
+    )
     p.add_argument("--app-dir", help="write weights, examples and the misclassified store here (default: OUT)")
     try:
         return TrainConfig(**vars(p.parse_args(argv)))
