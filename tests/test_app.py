@@ -441,6 +441,21 @@ def test_a_new_k_reranks_without_repeating_the_notes(sp, tmp_path: Path, warning
         ui(sp.rerank)(str(path), 11)
 
 
+@pytest.mark.parametrize(
+    "size, told",
+    [
+        ((32, 32), []),
+        ((64, 32), []),  # 2:1 is not yet elongated
+        ((32, 65), ["elongated"]),
+        ((31, 62), ["Very small"]),  # a side under the model's 32 pixels
+        ((20, 41), ["Very small", "elongated"]),
+    ],
+)
+def test_small_and_elongated_uploads_are_told_so_from_their_size(tmp_path: Path, size, told) -> None:
+    notes = inference.open_image(save(Image.new("RGB", size, (0, 128, 255)), tmp_path / "upload.png"), 32).notes
+    assert len(notes) == len(told) and all(any(word in note for note in notes) for word in told), notes
+
+
 def test_exif_orientation_is_applied(sp: space.SpaceApp, tmp_path: Path, warnings_shown: list[str]) -> None:
     path = _exif_rotated(tmp_path / "photo")
     loaded = inference.open_image(path, 32)
@@ -770,6 +785,12 @@ def test_about_the_model_reads_the_metrics() -> None:
     assert "augmentation, 88.9% with flip and one-pixel-shift views)." in space.about_text(metrics, CLASSES)
     assert "cat taken for dog (40×), dog taken for cat (25×), bird taken for airplane (7×)" in text
     assert "has no" not in text
+
+
+def test_per_class_table_has_rows_only_for_the_classes_the_metrics_cover() -> None:
+    """A report on part of the test split covers only the classes in it; a view that lacks a class shows a dash."""
+    metrics = {"per_class": {"dog": 0.6, "cat": 0.5}, "per_class_tta": {"cat": 0.55}}
+    assert space.per_class_rows(metrics, CLASSES) == [["cat", "50.0%", "55.0%", "—"], ["dog", "60.0%", "—", "—"]]
 
 
 def test_about_the_model_without_the_new_metrics(sp: space.SpaceApp, monkeypatch: pytest.MonkeyPatch) -> None:

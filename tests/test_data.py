@@ -6,6 +6,7 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from era_utils import data
 from era_utils.config import CLASS_NAMES
@@ -54,6 +55,21 @@ def test_an_unreadable_file_in_the_folder_is_named(image_folder, tmp_path):
     broken.write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match="broken.jpg is not a readable image"):
         load_split("test", root)
+
+
+def test_an_image_of_another_size_in_the_folder_is_named(image_folder, tmp_path):
+    root = shutil.copytree(image_folder, tmp_path / "data")
+    Image.new("RGB", (32, 33)).save(root / "test" / "cat" / "tall.png")
+    with pytest.raises(DataError, match="tall.png is 32x33, expected 32x32"):
+        load_split("test", root)
+
+
+def test_class_folders_without_images_are_a_clear_error(tmp_path):
+    for name in CLASS_NAMES:
+        (tmp_path / "test" / name).mkdir(parents=True)
+    (tmp_path / "test" / "cat" / "README.txt").write_text("not an image")
+    with pytest.raises(DataError, match="holds no images"):
+        load_split("test", tmp_path)
 
 
 def test_failed_download_names_the_offline_option(tmp_path, monkeypatch):

@@ -87,6 +87,25 @@ def test_a_range_test_that_diverges_too_early_is_one_clear_line_and_restores_the
     assert not (tmp_path / "run" / "checkpoints").exists()  # no training started
 
 
+@pytest.mark.parametrize("batches", [lr_finder.MIN_BATCHES - 1, lr_finder.MIN_BATCHES])
+def test_a_range_test_is_refused_exactly_when_torch_lr_finder_cannot_suggest(batches, monkeypatch) -> None:
+    """torch-lr-finder's own plot (not a stand-in) on a curve stopped after `batches`: from MIN_BATCHES on it
+    suggests a max LR; below, the range test is refused with advice, not with the library's bare RuntimeError."""
+    lrs = np.geomspace(START_LR, END_LR, batches).tolist()
+
+    def stopped_early(finder, *args, **kwargs) -> None:
+        finder.history = {"lr": lrs, "loss": [2.3 - 0.01 * i * i for i in range(batches)]}  # falling ever faster
+
+    monkeypatch.setattr(lr_finder.LRFinder, "range_test", stopped_early)
+    net = CustomResNet(NUM_CLASSES)
+    if batches < lr_finder.MIN_BATCHES:
+        with pytest.raises(lr_finder.LRFinderError, match=f"diverged after {batches} batches"):
+            find_lr(net, DataLoader([]), weight_decay=0.05)
+    else:
+        suggested = find_lr(net, DataLoader([]), weight_decay=0.05).suggested_lr
+        assert suggested in lrs[lr_finder.SKIP_START : -lr_finder.SKIP_END]
+
+
 def test_range_test_optimizer_decays_conv_and_linear_weights_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """An AdamW over net.parameters() would decay batch-norm scales and shifts and the linear bias too (or decay
     nothing, or the wrong amount), so the range test would not probe the optimizer training uses."""

@@ -197,6 +197,25 @@ def test_tidy_drops_the_injected_cell_and_joins_each_run_of_printed_text(tmp_pat
     assert kinds == [("stream", "Epoch 0: 100%\n"), ("display_data", None), ("stream", "done\n")]
 
 
+def test_tidy_keeps_printed_and_error_text_apart(tmp_path):
+    """Notebooks show stderr (warnings, progress bars) apart from stdout: a run of printed text is one stream's."""
+    cell = nbformat.v4.new_code_cell("fit()")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text="\rEpoch 0: 100%\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="max LR for OneCycle: 1.000e-02\n"),
+        nbformat.v4.new_output("stream", name="stderr", text="warning\n"),
+    ]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), path)
+    runner.tidy(path)
+    outputs = nbformat.read(path, as_version=4).cells[0].outputs
+    assert [(o.name, o.text) for o in outputs] == [
+        ("stderr", "Epoch 0: 100%\n"),
+        ("stdout", "max LR for OneCycle: 1.000e-02\n"),
+        ("stderr", "warning\n"),
+    ]
+
+
 def test_the_committed_notebook_pins_no_local_data_folder_and_shows_no_raw_progress_bars(repo):
     notebook = json.loads((repo / "S12.ipynb").read_text())
     assert not [c for c in notebook["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]

@@ -2,6 +2,7 @@
 uninterrupted run ends, because the training batches are a function of (seed, epoch, index)."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pandas as pd
@@ -11,7 +12,7 @@ from learning_helpers import cpu_config
 from torch.utils.data import DataLoader
 
 from era_utils.data import CIFAR10DataModule
-from era_utils.history import epoch_table
+from era_utils.history import KeepLogOnResume, epoch_table
 from era_utils.lit_module import CheckpointMismatchError
 from era_utils.train import build_datamodule, build_net, choose_max_lr, fit, main
 
@@ -94,6 +95,29 @@ def test_an_interrupted_run_resumed_ends_exactly_where_an_uninterrupted_run_ends
     assert killed_log["val/acc"].notna().sum() == 1 and (killed_log["step"] >= STEPS_PER_EPOCH).any()
     pd.testing.assert_frame_equal(resumed_log[straight_log.columns], straight_log)
     assert len(epoch_table(tmp_path / "resumed" / "logs" / "metrics.csv")) == EPOCHS
+
+
+class RecordingLogger:
+    def __init__(self) -> None:
+        self.logged: list[tuple[int, dict]] = []
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.logged.append((step, metrics))
+
+
+def test_a_resumed_run_puts_back_the_rows_before_its_checkpoints_step_and_only_those(tmp_path):
+    """Rows logged at the checkpoint's step or later (here step 5, say the LR at the next epoch's first batch) are
+    logged again by the resumed run: put back too, they would be in the log twice."""
+    metrics_csv = tmp_path / "metrics.csv"
+    metrics_csv.write_text("epoch,step,train/loss,val/acc,lr\n0,3,,,0.1\n0,4,1.5,0.4,\n,5,,,0.2\n1,9,1.2,0.6,\n")
+    keep = KeepLogOnResume(metrics_csv)
+    metrics_csv.unlink()  # as the logger does when the resumed run starts
+    trainer = SimpleNamespace(global_step=5, logger=RecordingLogger())
+    keep.on_train_start(trainer, None)
+    assert trainer.logger.logged == [
+        (3, {"lr": 0.1, "epoch": 0.0}),
+        (4, {"epoch": 0.0, "train/loss": 1.5, "val/acc": 0.4}),
+    ]
 
 
 def _batches(image_folder: Path, num_workers: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

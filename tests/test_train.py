@@ -285,6 +285,18 @@ def test_several_processes_without_max_lr_stop_before_any_work(flags, image_fold
 
 
 @pytest.mark.usefixtures("no_lr_finder")
+def test_several_processes_resuming_need_no_max_lr(image_folder, tmp_path, capsys):
+    """A resumed run takes its checkpoint's max LR and runs no LR finder: --max-lr is not asked of it. (Without a
+    checkpoint here, the next check stops the run.)"""
+    out = tmp_path / "run"
+    args = ["--data-dir", str(image_folder), "--out", str(out), "--num-workers", "0", "--accelerator", "cpu"]
+    assert main([*args, "--devices", "2", "--resume"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: --resume: no checkpoint at")
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("no_lr_finder")
 def test_an_output_folder_that_cannot_be_made_is_a_clear_error(image_folder, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
