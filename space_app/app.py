@@ -597,11 +597,11 @@ class SpaceApp:
             # Not image.change, which fires twice when an upload replaces another: two runs, each note twice.
             # An example's click loads it into `image` through the Examples' `load_input_event` (an attribute
             # gr.Examples sets, not in Gradio's docs; the browser test clicks an example), and `.then` runs after it.
-            for when_new_image in (image.input, examples.load_input_event.then if examples else None):
-                if when_new_image:
-                    ranked = when_new_image(self._skip_without_image(self.predict, None), **rank_event)
-                    ranked.success(**explain_event)
-                    ranked.failure(**clear_explanation)
+            new_image_events = [image.input, *([examples.load_input_event.then] if examples else [])]
+            for when_new_image in new_image_events:
+                ranked = when_new_image(self._skip_without_image(self.predict, None), **rank_event)
+                ranked.success(**explain_event)
+                ranked.failure(**clear_explanation)
             top_k.change(self._skip_without_image(self.rerank, None), **rank_event)
             gr.on(
                 [show_cam.change, n_cams.change, layer.change, opacity.change, method.change, target.change],
