@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from app_helpers import APP_DIR, copy_app, rss_bytes, running_app  # noqa: E402
+from results_log import append, machine, provenance  # noqa: E402
 
 GOAL_PREDICT_P95_MS = 50.0
 GOAL_ONE_CAM_MS = 300.0
@@ -178,6 +177,7 @@ def load_test(url: str, image: Path, requests: int, concurrency: int, pid: int |
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="benchmark an app already running here instead of starting one")
     p.add_argument("--pid", type=int, help="with --url: the server's process id, for its memory")
@@ -192,12 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--threads", type=int, help="torch and BLAS threads for the server-side timing (default: one per core)"
     )
+    p.add_argument("--results", type=Path, help="also append the JSON (one line, with command and machine) here")
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.requests = 5, 16
 
     result: dict[str, object] = {
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "machine": machine(),
         "image": str(args.image.relative_to(REPO) if args.image.is_relative_to(REPO) else args.image),
     }
     if args.threads:  # torch's and the BLAS/OpenMP pools (numpy's SVD in EigenCAM) alike
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     result["server_side"] = server_side(args.image, args.n, args.layer)
     result["machine"]["torch_threads"] = args.threads or "default"
     if args.server_only:
-        return report(result, args.layer)
+        return report(result, args, argv)
     with contextlib.ExitStack() as stack:
         if args.url:
             url, pid = args.url, args.pid
@@ -218,11 +219,12 @@ def main(argv: list[str] | None = None) -> int:
             url, pid = stack.enter_context(running_app(copy_app(root / "space_app"), root / "app.log", nice=args.nice))
         result["client_side"] = client_side(url, args.image, args.n, args.layer)
         result["load"] = load_test(url, args.image, args.requests, args.concurrency, pid)
-    return report(result, args.layer)
+    return report(result, args, argv)
 
 
-def report(result: dict[str, object], layer: str) -> int:
-    """Print the JSON (with the goals met or not), then the per-method table; 1 if the load test had errors."""
+def report(result: dict[str, object], args: argparse.Namespace, argv: list[str]) -> int:
+    """Print the JSON (with the goals met or not), then the per-method table; 1 if the load test had errors.
+    With --results, the JSON is also appended there as one line, with the command and the machine."""
     server = result["server_side"]
     methods = server["methods"]
     goals = {
@@ -235,9 +237,11 @@ def report(result: dict[str, object], layer: str) -> int:
         goals["load_without_errors"] = errors == 0
     result["goals"] = goals
     print(json.dumps(result, indent=2))
+    if args.results:
+        append(args.results, provenance("app_latency.py", argv) | result)
     predict = server["predict"]
     print(f"\nServer side, p50 / p95: predict {predict['p50_ms']:.1f} / {predict['p95_ms']:.1f} ms\n")
-    print(method_table(methods, layer))
+    print(method_table(methods, args.layer))
     return 0 if errors == 0 else 1
 
 

@@ -1,6 +1,7 @@
 """Training-step cost of ghost batch norm: plain batch norm against three ways to normalise slices.
 
-    python benchmarks/ghost_bn_speed.py --batch-size 512 --ghost-batch-size 32 --repeats 5
+    python benchmarks/ghost_bn_speed.py --batch-size 512 --ghost-batch-size 32 --repeats 5 \
+        --results benchmarks/results/ghost_bn_speed.jsonl
 
 Times forward + backward of the whole CustomResNet (10 classes, logit scale 0.125), channels_last fp32 in
 training mode, on random images, for each variant; the variants take turns so that drift in the machine's
@@ -20,11 +21,14 @@ instead of one, fell to 1.20x plain (fold 1.19x); `--threads 1` avoids that.
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from results_log import append, provenance
 from torch import nn
 
 from era_utils.config import NUM_CLASSES
@@ -183,13 +187,15 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
     return times, bn_times
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--ghost-batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant, after one warm-up step")
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    parser.add_argument("--results", type=Path, help="also append the figures as one JSON line (with the machine)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     times, bn_times = measure(args)
     base = statistics.median(times["plain BN"])
@@ -198,11 +204,18 @@ def main() -> None:
         f"{'variant':<14}{'net s median':>14}{'(min-max)':>14}{'images/s':>10}{'vs plain':>10}"
         f"{'BN layers s':>13}{'max err':>10}"
     )
+    figures = {}
     for name, variant in VARIANTS.items():
         t, bn = statistics.median(times[name]), statistics.median(bn_times[name])
+        err = None if variant is None else max_error(variant, args.ghost_batch_size)
         spread = f"{min(times[name]):.2f}-{max(times[name]):.2f}"
-        err = "-" if variant is None else f"{max_error(variant, args.ghost_batch_size):.1e}"
-        print(f"{name:<14}{t:>14.2f}{spread:>14}{args.batch_size / t:>10.1f}{t / base:>10.3f}{bn:>13.3f}{err:>10}")
+        shown = "-" if err is None else f"{err:.1e}"
+        print(f"{name:<14}{t:>14.2f}{spread:>14}{args.batch_size / t:>10.1f}{t / base:>10.3f}{bn:>13.3f}{shown:>10}")
+        figures[name] = {"step_s": [round(x, 3) for x in sorted(times[name])], "median_s": round(t, 3)}
+        figures[name] |= {"over_plain": round(t / base, 3), "bn_layers_s": round(bn, 3), "max_error": err}
+    if args.results:
+        settings = {k: getattr(args, k) for k in ("batch_size", "ghost_batch_size", "repeats", "threads")}
+        append(args.results, provenance("ghost_bn_speed.py", argv) | settings | {"variants": figures})
 
 
 if __name__ == "__main__":

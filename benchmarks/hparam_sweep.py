@@ -10,10 +10,11 @@ with flip TTA, plus the last epoch's train accuracy (how far the run overfits).
 
 import argparse
 import dataclasses
-import json
 import time
 import typing
 from pathlib import Path
+
+from results_log import append
 
 from era_utils.train import TrainConfig, run
 
@@ -67,13 +68,8 @@ def main() -> None:
     args = p.parse_args()
     for spec in args.variants:
         parse_variant(spec)  # every spec is checked before the first (long) run starts
-    results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
     for spec in args.variants:
-        line = json.dumps(run_variant(spec, args))
-        print(line, flush=True)
-        with results.open("a") as f:
-            f.write(line + "\n")
+        append(Path(args.results), run_variant(spec, args))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import pandas as pd
 import papermill
 import torch
 from papermill.exceptions import PapermillExecutionError
+from results_log import append
 
 from era_utils.history import epoch_table
 from era_utils.train import ConfigError, TrainConfig
@@ -303,14 +304,6 @@ def tidy(path: Path) -> None:
                 output.text = as_a_terminal_shows(output.text)
         cell.outputs = [o for o in outputs if o.output_type != "stream" or o.text.strip()]
     nbformat.write(notebook, path)
-
-
-def append(results: Path, line: dict) -> None:
-    text = json.dumps(line)
-    print(text, flush=True)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    with results.open("a") as f:
-        f.write(text + "\n")
 
 
 def runner_facts(parameters: dict, argv: list[str]) -> dict:

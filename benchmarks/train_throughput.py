@@ -5,17 +5,21 @@ it fast, else fp32), with the same network, batch size and data module (albument
 processes); the first `--warmup` steps of each run are not timed. The bare loop is then timed at the
 other precision too. Prints one JSON object.
 
-    python benchmarks/train_throughput.py --data-dir ../shared/data/cifar10-jpeg
+    python benchmarks/train_throughput.py --data-dir ../shared/data/cifar10-jpeg \
+        --results benchmarks/results/train_throughput.jsonl
 
 On a CPU without fast bf16 the bf16 loop is about 12x slower than fp32: `--steps 3 --warmup 1` keeps it short.
 """
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
+from results_log import append, provenance
 from torch import nn
 
 from era_utils.config import NUM_CLASSES
@@ -85,14 +89,16 @@ def lightning_pipeline(dm: CIFAR10DataModule, steps: int, warmup: int, precision
     return timer.seen / (timer.stop - timer.start)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None, help="offline image folder; default: torchvision download")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--num-workers", type=int, default=2)
-    args = parser.parse_args()
+    parser.add_argument("--results", type=Path, help="also append the JSON line (with command and machine) here")
+    args = parser.parse_args(argv)
     dm = CIFAR10DataModule(args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers)
     dm.setup()
     run = dict(steps=args.steps, warmup=args.warmup)
@@ -116,7 +122,10 @@ def main() -> None:
         "bare_fp32_images_per_s": round(fp32, 1),
         "bf16_over_fp32": round(bf16 / fp32, 3),
     }
-    print(json.dumps(result))
+    if args.results:
+        append(args.results, provenance("train_throughput.py", argv) | result)
+    else:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":
