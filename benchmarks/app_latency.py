@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from app_helpers import APP_DIR, copy_app, rss_bytes, running_app  # noqa: E402
-from results_log import append, machine, provenance  # noqa: E402
+from results_log import append, provenance  # noqa: E402
 
 GOAL_PREDICT_P95_MS = 50.0
 GOAL_ONE_CAM_MS = 300.0
@@ -197,10 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.n, args.requests = 5, 16
 
-    result: dict[str, object] = {
-        "machine": machine(),
-        "image": str(args.image.relative_to(REPO) if args.image.is_relative_to(REPO) else args.image),
-    }
+    result: dict[str, object] = provenance("app_latency.py", argv)  # the code and machine as the run starts
+    result["image"] = str(args.image.relative_to(REPO) if args.image.is_relative_to(REPO) else args.image)
     if args.threads:  # torch's and the BLAS/OpenMP pools (numpy's SVD in EigenCAM) alike
         import torch
         from threadpoolctl import threadpool_limits
@@ -210,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     result["server_side"] = server_side(args.image, args.n, args.layer)
     result["machine"]["torch_threads"] = args.threads or "default"
     if args.server_only:
-        return report(result, args, argv)
+        return report(result, args)
     with contextlib.ExitStack() as stack:
         if args.url:
             url, pid = args.url, args.pid
@@ -219,10 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             url, pid = stack.enter_context(running_app(copy_app(root / "space_app"), root / "app.log", nice=args.nice))
         result["client_side"] = client_side(url, args.image, args.n, args.layer)
         result["load"] = load_test(url, args.image, args.requests, args.concurrency, pid)
-    return report(result, args, argv)
+    return report(result, args)
 
 
-def report(result: dict[str, object], args: argparse.Namespace, argv: list[str]) -> int:
+def report(result: dict[str, object], args: argparse.Namespace) -> int:
     """Print the JSON (with the goals met or not), then the per-method table; 1 if the load test had errors.
     With --results, the JSON is also appended there as one line, with the command and the machine."""
     server = result["server_side"]
@@ -238,7 +236,7 @@ def report(result: dict[str, object], args: argparse.Namespace, argv: list[str])
     result["goals"] = goals
     print(json.dumps(result, indent=2))
     if args.results:
-        append(args.results, provenance("app_latency.py", argv) | result)
+        append(args.results, result)
     predict = server["predict"]
     print(f"\nServer side, p50 / p95: predict {predict['p50_ms']:.1f} / {predict['p95_ms']:.1f} ms\n")
     print(method_table(methods, args.layer))

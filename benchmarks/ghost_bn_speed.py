@@ -34,7 +34,7 @@ from torch import nn
 from era_utils.config import NUM_CLASSES
 from era_utils.ghost_bn import GhostBatchNorm2d, use_ghost_batch_norm
 from era_utils.model import CustomResNet
-from era_utils.train import TrainConfig
+from era_utils.train_config import TrainConfig
 
 
 class FoldedGhostBatchNorm2d(GhostBatchNorm2d):
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", type=Path, help="also append the figures as one JSON line (with the machine)")
     args = parser.parse_args(argv)
+    source = provenance("ghost_bn_speed.py", argv)  # the code and machine as the run starts
     torch.set_num_threads(args.threads)
     times, bn_times = measure(args)
     base = statistics.median(times["plain BN"])
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         figures[name] |= {"over_plain": round(t / base, 3), "bn_layers_s": round(bn, 3), "max_error": err}
     if args.results:
         settings = {k: getattr(args, k) for k in ("batch_size", "ghost_batch_size", "repeats", "threads")}
-        append(args.results, provenance("ghost_bn_speed.py", argv) | settings | {"variants": figures})
+        append(args.results, source | settings | {"variants": figures})
 
 
 if __name__ == "__main__":

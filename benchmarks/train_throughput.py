@@ -24,9 +24,10 @@ from torch import nn
 
 from era_utils.config import NUM_CLASSES
 from era_utils.data import CIFAR10DataModule
+from era_utils.hardware import default_precision
 from era_utils.lit_module import LitClassifier
 from era_utils.model import CustomResNet
-from era_utils.train import TrainConfig, default_precision
+from era_utils.train_config import TrainConfig
 
 
 def bare_loop(dm: CIFAR10DataModule, steps: int, warmup: int, bf16: bool) -> float:
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--results", type=Path, help="also append the JSON line (with command and machine) here")
     args = parser.parse_args(argv)
+    source = provenance("train_throughput.py", argv)  # the code and machine as the run starts
     dm = CIFAR10DataModule(args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers)
     dm.setup()
     run = dict(steps=args.steps, warmup=args.warmup)
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         "bf16_over_fp32": round(bf16 / fp32, 3),
     }
     if args.results:
-        append(args.results, provenance("train_throughput.py", argv) | result)
+        append(args.results, source | result)
     else:
         print(json.dumps(result))
 
