@@ -7,11 +7,14 @@ python scripts/readme_tables.py classes EVAL.json  # per-class accuracy from era
 python scripts/readme_tables.py misclassified      # the first ten of misclassified_images/, captioned
 python scripts/readme_tables.py sweep RESULTS.jsonl  # short tuning runs from benchmarks/hparam_sweep.py
 python scripts/readme_tables.py runs RESULTS.jsonl   # notebook runs from benchmarks/notebook_run.py
+python scripts/readme_tables.py readme             # all of the above, from the committed files, written into
+                                                   # README.md in place (--check: only say which differ)
 """
 
 import argparse
 import errno
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -176,8 +179,48 @@ SUBCOMMANDS = [  # name, table, help, and its file argument's name and help if i
 ]
 
 
+# The tables README.md shows, each with the committed file it is made from (if any).
+README_TABLES = {
+    "model": (model_table, ()),
+    "epochs": (epochs_table, ("logs/metrics.csv",)),
+    "classes": (classes_table, ("space_app/model.json",)),
+    "misclassified": (misclassified_table, ()),
+    "runs": (runs_table, ("benchmarks/results/notebook_runs.jsonl",)),
+    "sweep": (sweep_table, ("benchmarks/results/hparam_sweep_6ep.jsonl",)),
+}
+
+
+def replace_table(text: str, table: str) -> str:
+    """`text` with the Markdown table that has `table`'s header row replaced by `table`; ValueError if none has."""
+    lines, header = text.split("\n"), table.split("\n", 1)[0]
+    if header not in lines:
+        raise ValueError(f"no table with the header {header!r}")
+    start = end = lines.index(header)
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "\n".join([*lines[:start], table, *lines[end:]])
+
+
+def update_readme(readme: str = "README.md", check: bool = False) -> int:
+    """Rewrite README.md's tables from the committed files (run from the repository root); with `check`, leave
+    the file alone. Prints each table that was or would be changed; returns how many."""
+    text = Path(readme).read_text()
+    changed = []
+    for name, (make, files) in README_TABLES.items():
+        updated = replace_table(text, make(*files))
+        if updated != text:
+            changed.append(name)
+            text = updated
+    if changed and not check:
+        Path(readme).write_text(text)
+    verb = "differ from the committed files" if check else "updated"
+    print(f"{readme}: " + (f"{', '.join(changed)} {verb}" if changed else "every table matches the committed files"))
+    return len(changed)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Print the table a subcommand asks for; a file that is missing or not JSON is a usage error, not a traceback."""
+    """Print the table a subcommand asks for, or update the README's; a file that is missing or not JSON is a
+    usage error, not a traceback."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     subcommands = parser.add_subparsers(dest="table", required=True, metavar="TABLE")
     for name, make, about, argument in SUBCOMMANDS:
@@ -185,7 +228,16 @@ def main(argv: list[str] | None = None) -> None:
         subcommand.set_defaults(make=make, error=subcommand.error)
         if argument:
             subcommand.add_argument("file", metavar=argument[0], help=argument[1])
+    about = "rewrite README.md's tables from the committed files, in place (run from the repository root)"
+    readme = subcommands.add_parser("readme", help=about, description=about)
+    readme.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table differs")
     args = parser.parse_args(argv)
+    if args.table == "readme":
+        try:
+            changed = update_readme(check=args.check)
+        except (OSError, ValueError, KeyError) as e:  # run from elsewhere, a broken file, a table renamed
+            readme.error(f"README.md left as it was: {e}")
+        sys.exit(1 if changed and args.check else 0)
     file = vars(args).get("file")
     try:
         table = args.make() if file is None else args.make(file)

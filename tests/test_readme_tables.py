@@ -4,6 +4,7 @@ its exit matters (each run imports torch, a few seconds); the other cases call i
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -153,3 +154,58 @@ def test_misclassified_table_shows_the_ten_most_confident_mistakes_in_rank_order
     captions = lines[3].strip("| ").split(" | ")
     assert captions == [f"cat → dog ({100 - rank}%)" for rank in range(1, 11)]
     assert lines[2].startswith(f"| ![cat → dog (99%)]({tmp_path}/01_cat_as_dog_99pct.png) |")
+
+
+@pytest.fixture
+def repo_copy(repo, tmp_path):
+    """The README and the committed files its tables are made from, in a folder of their own."""
+    for path in (
+        "README.md",
+        "logs/metrics.csv",
+        "space_app/model.json",
+        "misclassified_images",
+        "benchmarks/results/notebook_runs.jsonl",
+        "benchmarks/results/hparam_sweep_6ep.jsonl",
+    ):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        copy = shutil.copytree if (repo / path).is_dir() else shutil.copy
+        copy(repo / path, tmp_path / path)
+    return tmp_path
+
+
+def test_readme_rewrites_stale_tables_and_nothing_else(main, repo, repo_copy, monkeypatch, capsys):
+    """A row missing, a figure changed, a stale row left over: `--check` names the tables and changes nothing;
+    without it the README comes back exactly as committed."""
+    monkeypatch.chdir(repo_copy)
+    committed = (repo_copy / "README.md").read_text()
+    epoch_rows = [line for line in committed.splitlines() if line.startswith("| 7 | ") or line.startswith("| 8 | ")]
+    stale = committed.replace(epoch_rows[0] + "\n", "").replace(epoch_rows[1], epoch_rows[1].replace("|", "| 1", 2))
+    runs_row = next(line for line in committed.splitlines() if line.startswith("| committed-baseline |"))
+    stale = stale.replace(runs_row, runs_row + "\n" + runs_row.replace("committed-baseline", "an-old-run"))
+    (repo_copy / "README.md").write_text(stale)
+    with pytest.raises(SystemExit) as exited:
+        main(["readme", "--check"])
+    assert exited.value.code == 1
+    assert "epochs, runs differ" in capsys.readouterr().out
+    assert (repo_copy / "README.md").read_text() == stale
+    with pytest.raises(SystemExit) as exited:
+        main(["readme"])
+    assert exited.value.code == 0
+    assert (repo_copy / "README.md").read_text() == committed
+
+
+def test_readme_without_a_table_is_a_usage_error_and_left_alone(main, repo_copy, monkeypatch, capsys):
+    monkeypatch.chdir(repo_copy)
+    readme = (repo_copy / "README.md").read_text().replace("| class | single view |", "| class | one view |")
+    (repo_copy / "README.md").write_text(readme)
+    with pytest.raises(SystemExit) as exited:
+        main(["readme"])
+    assert_usage_error(exited.value.code, capsys.readouterr().err, "left as it was", "| class | single view |")
+    assert (repo_copy / "README.md").read_text() == readme
+
+
+def test_readme_run_from_another_folder_is_a_usage_error(main, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["readme"])
+    assert_usage_error(exited.value.code, capsys.readouterr().err, "left as it was", "README.md")
