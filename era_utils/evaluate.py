@@ -36,7 +36,7 @@ def tta_logits(net: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torc
     and airbench94's flip + translation TTA, half the flip TTA and half the mean flip TTA of the image
     shifted by one pixel up-left and down-right (reflect padding)."""
     logits = net(images)
-    flip = (logits + net(torch.flip(images, dims=[3]))) / 2
+    flip = flip_tta_logits(net, images, logits)
     height, width = images.shape[-2:]
     padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
     shifted = [padded[..., :height, :width], padded[..., 2:, 2:]]

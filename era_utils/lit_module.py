@@ -38,9 +38,10 @@ class RecipeCheck(L.Callback):
             raise CheckpointMismatchError(MISMATCH + "; ".join(changed))
 
 
-def flip_tta_logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Mean of the logits for the images and their horizontal mirror images."""
-    return (net(images) + net(torch.flip(images, dims=[3]))) / 2
+def flip_tta_logits(net: nn.Module, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of the logits for the images and their horizontal mirror images (`logits`: the images' own, if known)."""
+    logits = net(images) if logits is None else logits
+    return (logits + net(torch.flip(images, dims=[3]))) / 2
 
 
 def param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
@@ -81,25 +82,28 @@ class LitClassifier(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, acc: MulticlassAccuracy) -> torch.Tensor:
+    def _step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, acc: MulticlassAccuracy
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and logits of a batch; logs the stage's loss and accuracy."""
         images, labels = batch
         logits = self(images)
         loss = self.criterion(logits, labels)
         acc(logits, labels)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
+        return loss, logits
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_acc)
+        return self._step(batch, "train", self.train_acc)[0]
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val", self.val_acc)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test", self.test_acc)
+        _, logits = self._step(batch, "test", self.test_acc)
         images, labels = batch
-        self.test_acc_tta(flip_tta_logits(self, images), labels)
+        self.test_acc_tta(flip_tta_logits(self, images, logits), labels)
         self.log("test/acc_tta", self.test_acc_tta, on_step=False, on_epoch=True)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -136,7 +136,10 @@ def test_tta_accuracy_is_that_of_the_mean_of_the_image_and_mirror_image_logits()
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, NUM_CLASSES))  # asymmetric: a flip changes its logits
     lit = LitClassifier(net, NUM_CLASSES)
+    passes = []
+    net.register_forward_hook(lambda module, args, output: passes.append(len(output)))
     (metrics,) = cpu_trainer().test(lit, DataLoader(TensorDataset(images, labels), batch_size=64), verbose=False)
+    assert passes == [64] * 8, "two forward passes per batch: the image and its mirror image"
 
     def accuracy(logits: torch.Tensor) -> float:
         return (logits.argmax(1) == labels).float().mean().item()
