@@ -16,7 +16,7 @@ from era_utils.data import ArrayDataset, load_split
 from era_utils.evaluate import predict
 from era_utils.export import to_plain_state
 from era_utils.model import CustomResNet
-from era_utils.train import TrainConfig
+from era_utils.train_config import TrainConfig
 from era_utils.transforms import eval_transforms
 
 

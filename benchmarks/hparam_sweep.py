@@ -16,7 +16,8 @@ from pathlib import Path
 
 from results_log import append
 
-from era_utils.train import TrainConfig, run
+from era_utils.train import run
+from era_utils.train_config import TrainConfig
 
 TUNABLE = {  # the numeric knobs, e.g. max_lr, weight_decay, label_smoothing, ema_decay, pct_start
     f.name: int if f.type is int else float

@@ -39,7 +39,7 @@ from papermill.exceptions import PapermillExecutionError
 from results_log import append
 
 from era_utils.history import epoch_table
-from era_utils.train import ConfigError, TrainConfig
+from era_utils.train_config import ConfigError, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "S12.ipynb"

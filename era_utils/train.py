@@ -5,14 +5,12 @@ python -m era_utils.train --data-dir ../shared/data/cifar10-jpeg --epochs 24 --o
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import (
@@ -22,114 +20,24 @@ from lightning.pytorch.callbacks import (
     WeightAveraging,
 )
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from PIL import Image
-from torch.utils.data import Subset
 
 from era_utils import plots
-from era_utils.config import CLASS_NAMES, NUM_CLASSES
+from era_utils.artifacts import export_artifacts, report, save_samples
+from era_utils.config import NUM_CLASSES
 from era_utils.data import CIFAR10DataModule, DataError
-from era_utils.evaluate import Predictions, predict
-from era_utils.export import export_model
 from era_utils.ghost_bn import use_ghost_batch_norm
+from era_utils.hardware import check_hardware_settings, default_precision, device_for, hardware_settings
 from era_utils.history import KeepLogOnResume, epoch_table
 from era_utils.lit_module import CheckpointMismatchError, LitClassifier, RecipeCheck
 from era_utils.lr_finder import LRFinderError, LRFinderResult, find_lr
-from era_utils.misclassified import caption, confident_mistakes, export_misclassified, save_store
 from era_utils.model import CustomResNet
-from era_utils.transforms import FLIPS, denormalize
-
-# The smoke run's range test: a few more batches than the suggestion takes (lr_finder.MIN_BATCHES), since the
-# loss may diverge before the last one.
-FAST_DEV_LR_FIND_ITERS = 20
-
-
-class ConfigError(ValueError):
-    """A knob of TrainConfig is out of its range; the message names it and the range."""
-
-
-# Numeric knobs and the ranges they must lie in (None, where a knob allows it, is always valid).
-VALID_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "epochs": (lambda v: v >= 1, "at least 1"),
-    "batch_size": (lambda v: v >= 1, "at least 1"),
-    "max_lr": (lambda v: v > 0, "positive"),
-    "weight_decay": (lambda v: v >= 0, "0 or more"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "logit_scale": (lambda v: v > 0, "positive"),
-    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 turns the EMA off)"),
-    "pct_start": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "ghost_batch_size": (lambda v: v == 0 or v >= 2, "0 (off) or at least 2"),
-    "lr_find_iters": (lambda v: v >= FAST_DEV_LR_FIND_ITERS, f"at least {FAST_DEV_LR_FIND_ITERS}"),
-    "num_nodes": (lambda v: v >= 1, "at least 1"),
-    "per_class": (lambda v: v >= 1, "at least 1"),
-    "num_workers": (lambda v: v >= 0, "0 or more"),
-    "n_misclassified": (lambda v: v >= 0, "0 or more"),
-}
-
-# What a resumed run must share with its checkpoint besides LitClassifier's hyperparameters and OneCycle's length.
-RECIPE_OUTSIDE_THE_MODULE = ("seed", "flip", "ghost_batch_size", "ema_decay", "logit_scale", "per_class")
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a run; written into the exported JSON."""
-
-    data_dir: str | None = None  # offline image folder; None downloads CIFAR-10 with torchvision
-    download_root: str = "data"  # where torchvision's download goes
-    out: str = "runs/latest"  # logs, checkpoints, plots, weights
-    epochs: int = 24
-    batch_size: int = 512
-    max_lr: float | None = None  # None: take the LR finder's suggestion
-    weight_decay: float = 0.05  # decoupled (AdamW), conv and linear weights only
-    label_smoothing: float = 0.1
-    logit_scale: float = 0.125  # Page's output scaling; slows the last layer under Adam
-    ema_decay: float = 0.995  # per-step EMA of weights and BN buffers, with warm-up; 0 turns it off
-    pct_start: float = 5 / 24  # warm-up share of OneCycle: 5 of 24 epochs
-    flip: str = "random"  # "random" (p = 0.5) or "alternating" (airbench's: the other way round each epoch)
-    ghost_batch_size: int = 0  # training BN statistics over slices of this many images (Page: 32); 0: whole batch
-    lr_find_iters: int = 200
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str | None = None  # None: 16-mixed on GPU; on CPU bf16-mixed where oneDNN supports it, else 32-true
-    resume: bool = False
-    seed: int = 42
-    fast_dev_run: bool = False
-    per_class: int | None = None  # keep only this many images per class (smoke runs)
-    num_workers: int = 2
-    n_misclassified: int = 20
-    app_dir: str | None = None  # where weights, examples and the misclassified store go; None: `out`
-
-    def __post_init__(self) -> None:
-        if self.flip not in FLIPS:
-            raise ConfigError(f"flip must be one of {', '.join(FLIPS)}, got {self.flip!r}")
-        for name, (valid, must_be) in VALID_RANGES.items():
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if not isinstance(value, int | float):
-                raise ConfigError(f"{name} must be a number, got {value!r}")
-            if not valid(value):
-                raise ConfigError(f"{name} must be {must_be}, got {value}")
-
-    @property
-    def out_path(self) -> Path:
-        return Path(self.out)
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.out_path / "checkpoints"
-
-    @property
-    def images_dir(self) -> Path:
-        return self.out_path / "images"
-
-    @property
-    def app_path(self) -> Path:
-        """Where the weights, the app's examples and its misclassified store go."""
-        return Path(self.app_dir) if self.app_dir else self.out_path
+from era_utils.train_config import (
+    FAST_DEV_LR_FIND_ITERS,
+    RECIPE_OUTSIDE_THE_MODULE,
+    ConfigError,
+    TrainConfig,
+)
+from era_utils.transforms import FLIPS
 
 
 @dataclass
@@ -141,39 +49,6 @@ class RunResult:
     report: dict = field(default_factory=dict)
     weights: Path | None = None
     history: pd.DataFrame | None = None
-
-
-def uses_gpu(cfg: TrainConfig) -> bool:
-    """Whether the run trains on a CUDA GPU."""
-    return cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
-
-
-def device_for(cfg: TrainConfig) -> torch.device:
-    """The GPU when the run trains on one, else the CPU: where the LR finder and the test report run."""
-    return torch.device("cuda" if uses_gpu(cfg) else "cpu")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN runs bf16 on this CPU (on x86: AVX-512; PyTorch's own check).
-
-    Where it does, bf16 autocast trained 1.85x faster than fp32; on an AVX2-only CPU it trained 12x slower,
-    3.1 against 36.7 images/s (benchmarks/train_throughput.py, README "Performance").
-    """
-    try:  # a private op of PyTorch's (its tests use it); without it, fp32 is the safe answer
-        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def default_precision(cfg: TrainConfig) -> str:
-    """fp16 mixed precision on GPU; bf16 autocast on a CPU that runs it fast, else fp32."""
-    if cfg.precision:
-        if cfg.precision.startswith("bf16") and not uses_gpu(cfg) and not cpu_has_fast_bf16():
-            rank_zero_warn(f"--precision {cfg.precision}: this CPU runs bf16 about 12x slower than fp32 (32-true)")
-        return cfg.precision
-    if uses_gpu(cfg):
-        return "16-mixed"
-    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
 
 
 def build_datamodule(cfg: TrainConfig) -> CIFAR10DataModule:
@@ -227,41 +102,6 @@ def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch
         return step_decay * ema + (1 - step_decay) * current
 
     return update
-
-
-def hardware_settings(cfg: TrainConfig) -> dict:
-    """The Trainer's accelerator, devices, strategy, nodes and precision."""
-    devices = int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices
-    return {
-        "accelerator": cfg.accelerator,
-        "devices": devices,
-        "strategy": cfg.strategy,
-        "num_nodes": cfg.num_nodes,
-        "precision": default_precision(cfg),
-    }
-
-
-def check_hardware_settings(cfg: TrainConfig) -> None:
-    """Lightning's own checks of the hardware settings, run now rather than after the LR finder's minutes; and
-    with several processes, a max LR given rather than found by each."""
-    settings = hardware_settings(cfg)
-    lightning_log = logging.getLogger("lightning.pytorch")
-    level = lightning_log.level
-    lightning_log.setLevel(logging.WARNING)  # the probe Trainer would print "GPU available: ..." a second time
-    try:
-        probe = L.Trainer(
-            **settings, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
-        )
-    except (MisconfigurationException, TypeError, ValueError) as err:
-        flags = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in settings.items())
-        raise ConfigError(f"Lightning refuses {flags}: {err}") from None
-    finally:
-        lightning_log.setLevel(level)
-    if probe.world_size > 1 and cfg.max_lr is None and not cfg.resume:
-        raise ConfigError(
-            f"--max-lr is required with {probe.world_size} processes: each would run its own LR finder and could "
-            "train with another max LR (the committed recipe used --max-lr 0.01)"
-        )
 
 
 def build_trainer(cfg: TrainConfig, extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
@@ -342,75 +182,6 @@ def fit(
     trainer = build_trainer(cfg, extra_callbacks)
     trainer.fit(lit, datamodule=dm, ckpt_path=resume_checkpoint(cfg))
     return trainer, lit
-
-
-@rank_zero_only
-def save_samples(dm: CIFAR10DataModule, path: Path, n: int = 32, seed: int = 0) -> None:
-    """A random draw of augmented training images as the network sees them, denormalized, with their labels.
-
-    Random, not the first `n`: an image folder's split is sorted by class, so those would all be airplanes.
-    """
-    dataset = dm.train_dataset()
-    picks = np.random.default_rng(seed).choice(len(dataset), min(n, len(dataset)), replace=False)
-    pairs = [dataset[int(i)] for i in picks]
-    images = denormalize(torch.stack([x for x, _ in pairs]).numpy())
-    plots.image_grid(images, [CLASS_NAMES[y] for _, y in pairs], path, title="Augmented training samples")
-
-
-def save_examples(dm: CIFAR10DataModule, out_dir: Path) -> None:
-    """One test image per class, as PNG, for the app's examples."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    split = dm.test_split
-    for c, name in enumerate(CLASS_NAMES):
-        hits = np.flatnonzero(split.labels == c)
-        if len(hits):
-            Image.fromarray(split.images[hits[0]]).save(out_dir / f"{name}.png")
-
-
-def report_indices(cfg: TrainConfig, dm: CIFAR10DataModule) -> np.ndarray:
-    """The test images the reports use: all of them, or with fast_dev_run one batch spread evenly over
-    the split (an image folder's split is sorted by class, so its first batch would hold one class)."""
-    n = len(dm.test_split.labels)
-    if not cfg.fast_dev_run:
-        return np.arange(n)
-    return np.linspace(0, n - 1, min(cfg.batch_size, n)).round().astype(int)
-
-
-def report(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule) -> tuple[Predictions, dict]:
-    """fp32 predictions on the test split (on the GPU when the run trained on one), then confusion matrix,
-    per-class accuracy and mistakes."""
-    indices = report_indices(cfg, dm)
-    preds = predict(net.float().to(device_for(cfg)), Subset(dm.test_dataset(), indices.tolist()))
-    net.cpu()
-    metrics = preds.report()
-    labels, predicted = preds.labels, preds.probs.argmax(1)
-    plots.confusion(labels, predicted, cfg.images_dir / "confusion_matrix.png")
-    plots.per_class_accuracy(labels, predicted, cfg.images_dir / "per_class_accuracy.png")
-    images = dm.test_split.images[indices]
-    export_misclassified(images, labels, preds.probs, cfg.out_path / "misclassified_images", cfg.n_misclassified)
-    idx = confident_mistakes(labels, preds.probs, cfg.n_misclassified)
-    captions = [caption(labels[i], predicted[i], preds.probs[i].max()) for i in idx]
-    grid_path = cfg.images_dir / "misclassified.png"
-    plots.image_grid(images[idx], captions, grid_path, ncols=5, title="Most confident mistakes")
-    return preds, metrics
-
-
-def export_artifacts(
-    cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule, preds: Predictions, max_lr: float
-) -> Path:
-    """Weights + JSON, the app's examples and its misclassified store, into `app_dir` (default `out`)."""
-    metrics = preds.report()  # the schema model.json carries: see Predictions.report
-    training = asdict(cfg) | {"max_lr": max_lr}
-    indices = report_indices(cfg, dm)
-    save_store(
-        dm.test_split.images[indices],
-        preds.labels,
-        preds.probs,
-        cfg.app_path / "misclassified.npz",
-        test_indices=indices,
-    )
-    save_examples(dm, cfg.app_path / "examples")
-    return export_model(net, cfg.app_path, metrics, training)
 
 
 def run(cfg: TrainConfig) -> RunResult:

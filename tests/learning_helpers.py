@@ -16,7 +16,8 @@ from PIL import Image
 
 from era_utils.config import CLASS_NAMES, IMAGE_SIZE
 from era_utils.lit_module import LitClassifier
-from era_utils.train import TrainConfig, build_datamodule, build_net, fit
+from era_utils.train import build_datamodule, build_net, fit
+from era_utils.train_config import TrainConfig
 
 SQUARE = 8  # side of each class's square, in pixels
 JITTER = 2  # the square moves up to this many pixels from its class's place, per image

@@ -13,13 +13,15 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from era_utils.artifacts import export_artifacts, save_examples
 from era_utils.config import CLASS_NAMES, NUM_CLASSES
 from era_utils.data import CIFAR10DataModule
 from era_utils.evaluate import Predictions, confusion_counts
 from era_utils.evaluate import main as evaluate_main
 from era_utils.export import CONFIG_NAME, WEIGHTS_NAME, export_model, load_model, sha256_of, write_metrics
 from era_utils.model import CustomResNet
-from era_utils.train import TrainConfig, build_datamodule, export_artifacts, save_examples
+from era_utils.train import build_datamodule
+from era_utils.train_config import TrainConfig
 
 VIEWS = ("", "_tta", "_tta_translate")
 METRIC_KEYS = {"n", "confusion"} | {f"{kind}{view}" for kind in ("accuracy", "per_class") for view in VIEWS}

@@ -7,9 +7,11 @@ from torch.utils.data import DataLoader
 from era_utils import lr_finder, train
 from era_utils.config import NUM_CLASSES
 from era_utils.data import CIFAR10DataModule
+from era_utils.hardware import cpu_has_fast_bf16
 from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.model import CustomResNet
-from era_utils.train import TrainConfig, build_datamodule, cpu_has_fast_bf16, run_lr_finder
+from era_utils.train import build_datamodule, run_lr_finder
+from era_utils.train_config import TrainConfig
 
 START_LR, END_LR, NUM_ITER = 1e-7, 0.1, 20  # up to 0.1, not 10: no early stop on divergence
 

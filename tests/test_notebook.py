@@ -19,7 +19,8 @@ import pytest
 import torch
 from test_notebook_run import runner
 
-from era_utils.train import TrainConfig, default_precision
+from era_utils.hardware import default_precision
+from era_utils.train_config import TrainConfig
 
 # What a training run writes: figures, weights, stores, checkpoints, CSV logs, downloads.
 ARTIFACT_SUFFIXES = {".png", ".safetensors", ".npz", ".ckpt", ".csv", ".gz", ".ipynb"}

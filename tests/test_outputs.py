@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from era_utils import plots, train
+from era_utils import artifacts, plots, train
 from era_utils.config import CIFAR_MEAN, CIFAR_STD, CLASS_NAMES, NUM_CLASSES
 from era_utils.data import CIFAR10DataModule
 from era_utils.evaluate import main as evaluate_main
@@ -21,6 +21,7 @@ from era_utils.history import epoch_table
 from era_utils.misclassified import confident_mistakes, export_misclassified, parse_file_name, save_store
 from era_utils.model import GRADCAM_LAYERS, CustomResNet
 from era_utils.plots import per_class_accuracy
+from era_utils.train_config import TrainConfig
 
 
 @pytest.fixture
@@ -190,9 +191,9 @@ def test_report_figures_read_true_by_row_and_caption_true_then_predicted(
     drawn, draw_confusion = {}, plots.confusion
     monkeypatch.setattr(plots, "confusion", lambda *a: drawn.setdefault("confusion", draw_confusion(*a)))
     monkeypatch.setattr(plots, "image_grid", lambda images, captions, *a, **k: drawn.setdefault("captions", captions))
-    cfg = train.TrainConfig(data_dir=str(image_folder), out=str(tmp_path), num_workers=0, n_misclassified=8)
+    cfg = TrainConfig(data_dir=str(image_folder), out=str(tmp_path), num_workers=0, n_misclassified=8)
     dm = train.build_datamodule(cfg)
-    preds, metrics = train.report(cfg, trained_net, dm)
+    preds, metrics = artifacts.report(cfg, trained_net, dm)
     cells = drawn["confusion"].axes[0].collections[0].get_array().reshape(NUM_CLASSES, NUM_CLASSES)
     assert np.array_equal(cells, np.asarray(metrics["confusion"]))
     assert np.array_equal(cells.sum(1), np.bincount(preds.labels, minlength=NUM_CLASSES))  # rows: true classes

@@ -8,23 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from era_utils import train
+from era_utils import hardware
+from era_utils.artifacts import save_samples
 from era_utils.data import load_split
 from era_utils.export import load_model
 from era_utils.ghost_bn import GhostBatchNorm2d
 from era_utils.misclassified import parse_file_name
 from era_utils.model import CustomResNet
-from era_utils.train import (
-    ConfigError,
-    TrainConfig,
-    build_datamodule,
-    build_net,
-    ema_with_warmup,
-    fit,
-    main,
-    parse_args,
-    save_samples,
-)
+from era_utils.train import build_datamodule, build_net, ema_with_warmup, fit, main, parse_args
+from era_utils.train_config import ConfigError, TrainConfig
 from era_utils.transforms import eval_transforms
 
 # Training tests run on one CPU process: "auto" would switch precision on a GPU runner and start DDP inside
@@ -188,24 +180,24 @@ def test_default_precision_on_cpu_is_bf16_only_where_the_cpu_runs_it_fast(
     image_folder, tmp_path, monkeypatch, fast_bf16, expected
 ):
 
-    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: fast_bf16)
-    assert train.default_precision(_cfg(image_folder, tmp_path, accelerator="cpu")) == expected
-    assert train.default_precision(_cfg(image_folder, tmp_path, accelerator="gpu")) == "16-mixed"
-    assert train.default_precision(_cfg(image_folder, tmp_path, accelerator="cpu", precision="64-true")) == "64-true"
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: fast_bf16)
+    assert hardware.default_precision(_cfg(image_folder, tmp_path, accelerator="cpu")) == expected
+    assert hardware.default_precision(_cfg(image_folder, tmp_path, accelerator="gpu")) == "16-mixed"
+    assert hardware.default_precision(_cfg(image_folder, tmp_path, accelerator="cpu", precision="64-true")) == "64-true"
 
 
 def test_without_pytorchs_bf16_check_the_cpu_counts_as_fp32_only(monkeypatch):
 
     monkeypatch.setattr(torch.ops, "mkldnn", object())  # a PyTorch release without the private op
-    assert train.cpu_has_fast_bf16() is False
+    assert hardware.cpu_has_fast_bf16() is False
 
 
 def test_asking_for_bf16_on_a_cpu_without_fast_bf16_warns(image_folder, tmp_path, monkeypatch):
 
-    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
     cfg = _cfg(image_folder, tmp_path, accelerator="cpu", precision="bf16-mixed")
     with pytest.warns(UserWarning, match="12x slower"):
-        precision = train.default_precision(cfg)
+        precision = hardware.default_precision(cfg)
     assert precision == "bf16-mixed"  # warned, but what was asked for
 
 
