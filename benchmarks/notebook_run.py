@@ -362,8 +362,9 @@ def artifacts(root: Path) -> list[str]:
     return found
 
 
-def check_shippable(run_dir: Path, repo: Path, force: bool) -> None:
-    """Refuse a failed or incomplete run, and, without `force`, one that does not beat the committed model."""
+def check_shippable(run_dir: Path, repo: Path, force: bool) -> dict:
+    """The run's record; refuses a failed or incomplete run, and, without `force`, one that does not beat the
+    committed model."""
     line = build_record(run_dir.name, run_dir)
     if line["status"] != "ok":
         raise SystemExit(f"{run_dir}: the notebook's status is {line['status']!r}; nothing copied")
@@ -376,6 +377,7 @@ def check_shippable(run_dir: Path, repo: Path, force: bool) -> None:
             f"{run_dir.name}: single view {line['accuracy']:.2%} does not beat the committed {committed:.2%}; "
             "nothing copied (--force ships it anyway)"
         )
+    return line
 
 
 def ship(args: argparse.Namespace, argv: list[str]) -> int:
@@ -383,7 +385,8 @@ def ship(args: argparse.Namespace, argv: list[str]) -> int:
     run_dir, repo = Path(args.runs_root) / args.name, Path(args.repo)
     if not run_dir.is_dir():
         raise SystemExit(f"{run_dir}: no such run")
-    check_shippable(run_dir, repo, args.force)
+    line = check_shippable(run_dir, repo, args.force)
+    recipe = {k: v for k, v in (line["overrides"] or {}).items() if k not in NOTEBOOK_SETS}  # not SMOKE's
     shipped = artifacts(run_dir)
     for name in sorted(set(artifacts(repo)) - set(shipped)):
         (repo / name).unlink()
@@ -393,13 +396,15 @@ def ship(args: argparse.Namespace, argv: list[str]) -> int:
         shutil.copy2(run_dir / name, repo / name)
         print(f"copied  {name}")
     print(
-        "\nNow regenerate the README's tables and figures from the shipped run, from the repository root:\n"
-        "  python scripts/readme_tables.py epochs          # Per-epoch log\n"
-        "  python scripts/readme_tables.py classes space_app/model.json   # Results, per class\n"
-        "  python scripts/readme_tables.py misclassified   # Misclassified images\n"
-        f"  python scripts/readme_tables.py runs {shown_path(RESULTS)}   # notebook runs\n"
-        "and the figures quoted in Training, Hyperparameters and Results; then git add the files listed above."
+        "\nNow, from the repository root: `python scripts/readme_tables.py readme` rewrites the README's tables from\n"
+        "the shipped files; then update the figures quoted in the prose of both READMEs (tests/test_readme_figures.py\n"
+        "names what differs from space_app/model.json), and git add the files listed above."
     )
+    if recipe:
+        print(
+            f"The run trained with OVERRIDES {recipe}: make them TrainConfig's defaults (and the README's\n"
+            "Hyperparameters table), so that the command line and the notebook's Run all train the shipped recipe."
+        )
     return 0
 
 

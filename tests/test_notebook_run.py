@@ -256,3 +256,29 @@ def test_ship_needs_a_single_view_above_the_committed_single_view(tmp_path, run,
         with pytest.raises(SystemExit, match="does not beat the committed 91.00%"):
             runner.check_shippable(run_dir, committed, force=False)
     runner.check_shippable(run_dir, committed, force=True)
+
+
+@pytest.mark.parametrize(
+    ("training", "advice"),
+    [
+        ({"weight_decay": 0.2, "label_smoothing": 0.2}, "{'weight_decay': 0.2, 'label_smoothing': 0.2}"),
+        ({"per_class": 20, "lr_find_iters": 20, "epochs": 1}, None),  # the notebook's own SMOKE settings
+        ({}, None),
+    ],
+    ids=["recipe-changed", "smoke", "defaults"],
+)
+def test_ship_says_to_make_a_winners_overrides_the_defaults(tmp_path, capsys, training, advice):
+    """A winner trained with OVERRIDES leaves TrainConfig's defaults another recipe than the shipped model's:
+    Run all in Colab and the command line would train that other recipe. `ship` says so, with the overrides."""
+    committed = finished_run(tmp_path / "repo", {"accuracy": 0.91})
+    run_dir = finished_run(tmp_path / "runs" / "winner", {"accuracy": 0.92})
+    model_json = run_dir / "space_app" / "model.json"
+    model_json.write_text(json.dumps(json.loads(model_json.read_text()) | {"training": training}))
+    args = ["ship", "winner", "--runs-root", str(tmp_path / "runs"), "--repo", str(committed)]
+    assert runner.main(args) == 0
+    out = capsys.readouterr().out
+    assert "python scripts/readme_tables.py readme" in out
+    if advice:
+        assert f"OVERRIDES {advice}: make them TrainConfig's defaults" in out
+    else:
+        assert "OVERRIDES" not in out
