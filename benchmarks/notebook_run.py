@@ -14,10 +14,15 @@ shows them as a table.
     python benchmarks/notebook_run.py record committed-baseline --from .
     # copy the run's notebook and artifacts into the repository, if it beats the committed single view
     python benchmarks/notebook_run.py ship wd02
+    # after `scripts/readme_tables.py readme`: the prose that still quotes the replaced run (git HEAD's), file:line
+    python benchmarks/notebook_run.py stale
+    # after editing S12.py's markdown: the same text into S12.ipynb, its outputs and timings kept
+    python benchmarks/notebook_run.py markdown
 """
 
 import argparse
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -27,10 +32,11 @@ import shutil
 import subprocess
 import sys
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pandas as pd
 import papermill
@@ -39,6 +45,7 @@ from papermill.exceptions import PapermillExecutionError
 from results_log import append
 
 from era_utils.history import epoch_table
+from era_utils.misclassified import FILE_NAME, caption, parse_file_name
 from era_utils.train_config import ConfigError, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -380,6 +387,249 @@ def check_shippable(run_dir: Path, repo: Path, force: bool) -> dict:
     return line
 
 
+# The prose that quotes a run's figures: both READMEs and the notebook's markdown (S12.py holds the same text).
+PAIR = "S12.py"  # the notebook's jupytext twin
+DOCS = ("README.md", "space_app/README.md", PAIR)
+# Words of sentences about one particular run (its caveats, what it predates): each such line is to be re-read.
+ABOUT_A_RUN = ("committed run", "committed notebook", "committed model", "predates", "in effect", "show_cam_on_image")
+# The recipe's knobs, for the lines that state an old value of one (see `recipe_lines`).
+RECIPE = ("weight_decay", "label_smoothing", "logit_scale", "ema_decay", "pct_start", "flip", "ghost_batch_size")
+STATES = ("README.md", "space_app/README.md", "S12.py", "era_utils/train_config.py", "era_utils/lit_module.py")
+
+
+def percents(x: float) -> set[str]:
+    """How prose writes the fraction `x`: 0.906 -> "90.60", "90.6"."""
+    return {f"{100 * x:.2f}", f"{100 * x:.1f}"}
+
+
+def run_figures(read: Callable[[str], bytes | None], mistakes: list[str]) -> dict[str, tuple[set[str], str]]:
+    """Each figure prose may quote of the run whose files `read` returns, as (the texts it is written as, a word
+    the line must hold too, if any: a class's accuracy counts in prose that names the class, outside tables)."""
+    figures = {}
+    metrics = json.loads(read("space_app/model.json") or b"{}").get("metrics", {})
+    views = {"": "single view", "_tta": "flip TTA", "_tta_translate": "flip + translation TTA"}
+    for suffix, view in views.items():
+        if isinstance(metrics.get("accuracy" + suffix), int | float):
+            x = metrics["accuracy" + suffix]
+            figures[f"accuracy, {view}"] = (percents(x) | {json.dumps(x), f"{x:.4f}"}, "")
+        for name, x in (metrics.get("per_class" + suffix) or {}).items():
+            figures[f"{name}, {view}"] = ({f"{100 * x:.1f}%"}, name)
+    log = read("logs/metrics.csv")
+    try:
+        table = epoch_table(io.BytesIO(log)) if log else None
+    except (ValueError, KeyError, pd.errors.ParserError):
+        table = None
+    if table is not None and not table.empty:
+        for label, column, row in (("last train acc", "train_acc", -1), ("first val acc", "val_acc", 0)):
+            if column in table and pd.notna(table[column].iloc[row]):
+                x = float(table[column].iloc[row])
+                figures[label] = (percents(x) | ({f"{100 * x:.0f}%"} if row == -1 else set()), "")
+        if "val_acc" in table and pd.notna(table["val_acc"].iloc[-1]):
+            figures["last val acc"] = (percents(float(table["val_acc"].iloc[-1])), "")
+    notebook = json.loads(read(NOTEBOOK) or b"{}")
+    duration = notebook.get("metadata", {}).get("papermill", {}).get("duration")
+    if duration:
+        hours, minutes = divmod(round(duration / 60), 60)
+        figures["the notebook's duration"] = ({f"{hours} h {minutes} min"} if hours else {f"{minutes} min"}, "")
+    suggested = printed(notebook, r"suggested: ([-+.\deE]+);")
+    if suggested:
+        text = f"{float(suggested):.1e}"  # 6.0e-04, which prose writes 6.0e-4
+        figures["the LR finder's suggestion"] = ({text, re.sub(r"e([-+])0(\d)", r"e\1\2", text)}, "")
+    for rank, name in enumerate([m for m in mistakes if FILE_NAME.fullmatch(m)][:3], 1):
+        label, pred, confidence = parse_file_name(name)
+        forms = {caption(label, pred, confidence)} | ({f"{100 * confidence:.0f}%"} if rank == 1 else set())
+        figures[f"mistake #{rank}"] = (forms, "")
+    return figures
+
+
+def folder_reader(root: Path) -> Callable[[str], bytes | None]:
+    return lambda name: (root / name).read_bytes() if (root / name).is_file() else None
+
+
+def git_reader(repo: Path, rev: str) -> Callable[[str], bytes | None]:
+    def read(name: str) -> bytes | None:
+        done = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=repo, capture_output=True)
+        return done.stdout if done.returncode == 0 else None
+
+    return read
+
+
+def mistakes_in(repo: Path, rev: str | None = None) -> list[str]:
+    """The names in misclassified_images/, in the working tree or at commit `rev`."""
+    if rev is None:
+        return sorted(p.name for p in (repo / "misclassified_images").glob("*.png"))
+    listed = subprocess.run(
+        ["git", "ls-tree", "--name-only", f"{rev}:misclassified_images"], cwd=repo, capture_output=True, text=True
+    )
+    return sorted(listed.stdout.split()) if listed.returncode == 0 else []
+
+
+def doc_lines(repo: Path, names: tuple[str, ...] = DOCS) -> Iterator[tuple[str, int, str]]:
+    """(file, line number, text) of each file of `names` present in `repo`."""
+    for name in names:
+        if (repo / name).is_file():
+            for number, text in enumerate((repo / name).read_text().splitlines(), 1):
+                yield name, number, text
+
+
+def quoted(form: str, text: str) -> bool:
+    """`form` in `text` as a figure of its own: "90.6" is in "90.6%" and "90.6–90.7", not in "90.65" or "190.6"."""
+    return re.search(rf"(?<![\w.]){re.escape(form)}(?!\d)", text) is not None
+
+
+def stale_figures(repo: Path, old: dict, new: dict) -> dict[str, list[str]]:
+    """{"file:line": ["figure (what it is)", ...]} for each doc line that quotes a figure of the old run the new run
+    does not have. Skipped: the rows of the table of notebook runs (each stays true of its run)."""
+    runs = [r.get("name") for r in map(json.loads, filter(None, read_text(repo / shown_path(RESULTS)).splitlines()))]
+    found = {}
+    for name, number, text in doc_lines(repo):
+        if any(text.startswith(f"| {run} |") for run in runs):
+            continue
+        for label, (forms, word) in old.items():
+            if word and (text.startswith("|") or word not in text.lower()):
+                continue
+            hits = [f for f in sorted(forms - new.get(label, (set(), ""))[0]) if quoted(f, text)]
+            if hits:
+                found.setdefault(f"{name}:{number}", []).append(f"{', '.join(hits)} ({label})")
+    return found
+
+
+def read_text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
+def states(text: str, names: set[str], value: object) -> bool:
+    return any(n in text for n in names) and quoted(str(value), text)
+
+
+def recipe_lines(repo: Path, old: dict, new: dict) -> list[str]:
+    """`file:line` of each line (or pair of lines: prose wraps) in STATES that names a knob of RECIPE whose value
+    changed from `old` to `new` together with its old value, e.g. "label smoothing 0.1" once it is 0.2."""
+    found = []
+    lines = list(doc_lines(repo, STATES))
+    for key in (k for k in RECIPE if k in old and k in new and old[k] != new[k]):
+        names = {key, key.replace("_", " "), key.replace("_", "-")}
+        for (name, number, text), after in zip(lines, [*lines[1:], ("", 0, "")], strict=True):
+            pair = f"{text} {after[2].lstrip('# ')}" if after[0] == name else text
+            if states(pair, names, old[key]) and not (after[0] == name and states(after[2], names, old[key])):
+                found.append(f"{name}:{number}: {key} {old[key]} -> {new[key]}: {text.strip()[:90]}")
+    return found
+
+
+def markdown_mismatch(repo: Path) -> list[int]:
+    """The markdown cells (numbered from 1) in which S12.ipynb and S12.py differ: the pairing test compares code."""
+    if not (repo / NOTEBOOK).is_file() or not (repo / "S12.py").is_file():
+        return []
+    cells = [[c.source for c in jupytext.read(repo / n).cells if c.cell_type == "markdown"] for n in (NOTEBOOK, PAIR)]
+    longest = max(len(cells[0]), len(cells[1]))
+    padded = [c + [None] * (longest - len(c)) for c in cells]
+    return [i for i, (a, b) in enumerate(zip(*padded, strict=True), 1) if a != b]
+
+
+def copy_markdown(repo: Path) -> list[int]:
+    """S12.py's markdown cells into S12.ipynb, by position; its code, outputs and metadata (papermill's per-cell
+    timings too, which `jupytext --update` drops) stay. Returns the cells changed, numbered from 1."""
+    notebook = nbformat.read(repo / NOTEBOOK, as_version=4)
+    targets = [c for c in notebook.cells if c.cell_type == "markdown"]
+    sources = [c.source for c in jupytext.read(repo / PAIR).cells if c.cell_type == "markdown"]
+    if len(targets) != len(sources):
+        raise SystemExit(f"{PAIR} has {len(sources)} markdown cells, {NOTEBOOK} {len(targets)}: nothing copied")
+    changed = [i for i, (cell, source) in enumerate(zip(targets, sources, strict=True), 1) if cell.source != source]
+    for i in changed:
+        targets[i - 1].source = sources[i - 1]
+    if changed:
+        nbformat.write(notebook, repo / NOTEBOOK)
+    return changed
+
+
+def markdown(args: argparse.Namespace, argv: list[str]) -> int:
+    changed = copy_markdown(Path(args.repo))
+    print(f"{NOTEBOOK}: markdown cells {', '.join(map(str, changed))} copied from {PAIR}" if changed else "in step")
+    return 0
+
+
+def stale_report(repo: Path, old_figures: dict, old_training: dict) -> bool:
+    """Print what the prose still says of the replaced run; True if something is to fix."""
+    model = json.loads(read_text(repo / "space_app" / "model.json") or "{}")
+    figures = stale_figures(repo, old_figures, run_figures(folder_reader(repo), mistakes_in(repo)))
+    recipe = recipe_lines(repo, old_training, model.get("training", {}))
+    defaults = dataclasses.asdict(TrainConfig())
+    undone = {k: v for k, v in model.get("training", {}).items() if k in RECIPE and defaults.get(k) != v}
+    mismatch = markdown_mismatch(repo)
+    texts = {f"{n}:{i}": t.strip() for n, i, t in doc_lines(repo)}
+    listed = {*figures, *(line.split(": ", 1)[0] for line in recipe)}
+    about = [f"{k}: {t[:90]}" for k, t in texts.items() if k not in listed and any(w in t for w in ABOUT_A_RUN)]
+    sections = [
+        (
+            "Figures of the replaced run still quoted",
+            [f"{k}: {'; '.join(v)}: {texts[k][:90]}" for k, v in figures.items()],
+        ),
+        ("Lines stating the replaced run's recipe", recipe),
+        (
+            "TrainConfig's defaults are not the shipped recipe: set them in era_utils/train_config.py (and the tests "
+            "pinning the recipe, tests/test_learning.py's README_RECIPE)",
+            [f"{k}: {defaults.get(k)} -> {v}" for k, v in undone.items()],
+        ),
+        (
+            "S12.ipynb's markdown differs from S12.py's in these cells (edit S12.py, then "
+            "`python benchmarks/notebook_run.py markdown`)",
+            [f"markdown cell {i}" for i in mismatch],
+        ),
+        ("Lines about a particular run, to re-read (not counted as stale)", about),
+    ]
+    for title, items in sections:
+        if items:
+            print(f"\n{title}:\n" + "\n".join(f"  {item}" for item in items))
+    return bool(figures or recipe or undone or mismatch)
+
+
+def stale(args: argparse.Namespace, argv: list[str]) -> int:
+    """After a ship: the prose that still quotes the run at `--since` (git HEAD: the replaced one); 1 if any."""
+    repo = Path(args.repo)
+    read = git_reader(repo, args.since)
+    if read("space_app/model.json") is None:
+        raise SystemExit(f"{args.since}: no space_app/model.json at that commit in {repo}")
+    old_figures = run_figures(read, mistakes_in(repo, args.since))
+    old_training = json.loads(read("space_app/model.json")).get("training", {})
+    found = stale_report(repo, old_figures, old_training)
+    print("\n" + ("fix the lines above, then run this again" if found else "nothing quotes the replaced run"))
+    return 1 if found else 0
+
+
+def changed_since_run(run_dir: Path, repo: Path) -> list[str]:
+    """The repository's files (not the notebook's outputs, not benchmarks/results/) that differ from the copy the
+    run executed: what changed while it ran. Empty outside a git checkout."""
+    try:
+        names = git("ls-files", "-z", "--cached", "--others", "--exclude-standard", repo=repo).split("\0")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return []
+    outputs = set(ARTIFACT_FILES)
+    return [
+        name
+        for name in filter(None, names)
+        if name not in outputs
+        and name.rpartition("/")[0] not in ARTIFACT_DIRS
+        and not name.startswith("benchmarks/results/")
+        and (repo / name).is_file()
+        and (run_dir / name).is_file()
+        and (repo / name).read_bytes() != (run_dir / name).read_bytes()
+    ]
+
+
+CHECKLIST = """
+Next, from the repository root (each step's command; `stale` compares with git HEAD, so commit after it):
+  1. python scripts/readme_tables.py readme               # README.md's tables from the shipped files
+  2. python benchmarks/notebook_run.py stale              # file:line of the prose that quotes the replaced run;
+     fix each (S12.py's markdown, then `python benchmarks/notebook_run.py markdown`) and run it again until clean
+  3. python scripts/screenshot_app.py                     # images/space_app.png shows the shipped model
+  4. git add -A S12.ipynb S12.py README.md space_app images logs misclassified_images benchmarks/results
+     (before the tests: tests/test_notebook.py ships into a copy of the tracked files)
+  5. python -m pytest tests/test_readme_figures.py tests/test_readme_tables.py tests/test_notebook_run.py \\
+         tests/test_notebook.py tests/test_learning.py tests/test_app.py -q
+  6. git commit, then the full suite once: CI=true bash .ci/run in a fresh clone, in a virtual environment
+     (its pip install -e . would otherwise point the machine's era_utils at the clone)"""
+
+
 def ship(args: argparse.Namespace, argv: list[str]) -> int:
     """Replace the repository's notebook artifacts with the run's, all of them, stale ones removed."""
     run_dir, repo = Path(args.runs_root) / args.name, Path(args.repo)
@@ -387,6 +637,7 @@ def ship(args: argparse.Namespace, argv: list[str]) -> int:
         raise SystemExit(f"{run_dir}: no such run")
     line = check_shippable(run_dir, repo, args.force)
     recipe = {k: v for k, v in (line["overrides"] or {}).items() if k not in NOTEBOOK_SETS}  # not SMOKE's
+    changed = changed_since_run(run_dir, repo)
     shipped = artifacts(run_dir)
     for name in sorted(set(artifacts(repo)) - set(shipped)):
         (repo / name).unlink()
@@ -395,16 +646,17 @@ def ship(args: argparse.Namespace, argv: list[str]) -> int:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(run_dir / name, repo / name)
         print(f"copied  {name}")
-    print(
-        "\nNow, from the repository root: `python scripts/readme_tables.py readme` rewrites the README's tables from\n"
-        "the shipped files; then update the figures quoted in the prose of both READMEs (tests/test_readme_figures.py\n"
-        "names what differs from space_app/model.json), and git add the files listed above."
-    )
+    if changed:
+        print(f"\nChanged since the run copied the repository (its outputs are the old ones'): {', '.join(changed)}")
+        if "S12.py" in changed:
+            print("S12.py changed: its code cells must be the shipped S12.ipynb's (tests/test_notebook.py checks it).")
     if recipe:
         print(
-            f"The run trained with OVERRIDES {recipe}: make them TrainConfig's defaults (and the README's\n"
-            "Hyperparameters table), so that the command line and the notebook's Run all train the shipped recipe."
+            f"\nThe run trained with OVERRIDES {recipe}: make them TrainConfig's defaults (era_utils/train_config.py,\n"
+            "and the tests that pin the recipe, tests/test_learning.py's README_RECIPE), so that the command line and\n"
+            "the notebook's Run all train the shipped recipe; `stale` lists the lines that state the old values."
         )
+    print(CHECKLIST)
     return 0
 
 
@@ -436,6 +688,11 @@ def parser() -> argparse.ArgumentParser:
     ship_p.add_argument("name")
     ship_p.add_argument("--force", action="store_true", help="ship even if it does not beat the committed model")
     ship_p.add_argument("--repo", default=str(REPO), help="the repository to ship into (tests use a copy)")
+    stale_p = commands.add_parser("stale", help="after a ship: the prose that still quotes the replaced run")
+    stale_p.add_argument("--since", default="HEAD", help="the commit of the replaced run (default: HEAD)")
+    stale_p.add_argument("--repo", default=str(REPO), help="the repository (tests use a copy)")
+    markdown_p = commands.add_parser("markdown", help="copy S12.py's markdown cells into S12.ipynb, outputs kept")
+    markdown_p.add_argument("--repo", default=str(REPO), help="the repository (tests use a copy)")
     for sub in (run_p, record_p):
         sub.add_argument("--results", default=str(RESULTS), help="the JSON lines file to append to")
     for sub in (run_p, ship_p):
@@ -446,7 +703,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    return {"run": run, "record": record, "ship": ship}[args.command](args, argv)
+    commands = {"run": run, "record": record, "ship": ship, "stale": stale, "markdown": markdown}
+    return commands[args.command](args, argv)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ executes the notebook through the runner, records it and ships it is in test_not
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pandas as pd
 import pytest
@@ -114,9 +116,16 @@ def test_record_of_the_committed_run_reads_its_notebook_model_json_and_log(repo)
     assert [line[k] for k in ("cpu_capability", "git_commit", "git_dirty", "runner_command")] == [None] * 4
 
 
+def other_than_the_default(name: str) -> float:
+    """A value of a float field of TrainConfig that is not its default, whatever the defaults become: a test that
+    wrote weight_decay=0.2 as "an override" would fail the day a winner makes 0.2 the default."""
+    return round(getattr(runner.TrainConfig(), name) + 0.1, 4)
+
+
 def test_overrides_are_the_differences_from_the_defaults():
-    training = runner.dataclasses.asdict(runner.TrainConfig(weight_decay=0.2, devices="1", out="x", seed=1))
-    assert runner.overrides_of(training | {"max_lr": 0.02, "epochs": 3}) == {"weight_decay": 0.2, "devices": "1"}
+    wd = other_than_the_default("weight_decay")
+    training = runner.dataclasses.asdict(runner.TrainConfig(weight_decay=wd, devices="1", out="x", seed=1))
+    assert runner.overrides_of(training | {"max_lr": 0.02, "epochs": 3}) == {"weight_decay": wd, "devices": "1"}
 
 
 def test_the_recorded_papermill_command_sets_the_same_parameters(repo, tmp_path):
@@ -258,18 +267,16 @@ def test_ship_needs_a_single_view_above_the_committed_single_view(tmp_path, run,
     runner.check_shippable(run_dir, committed, force=True)
 
 
-@pytest.mark.parametrize(
-    ("training", "advice"),
-    [
-        ({"weight_decay": 0.2, "label_smoothing": 0.2}, "{'weight_decay': 0.2, 'label_smoothing': 0.2}"),
-        ({"per_class": 20, "lr_find_iters": 20, "epochs": 1}, None),  # the notebook's own SMOKE settings
-        ({}, None),
-    ],
-    ids=["recipe-changed", "smoke", "defaults"],
-)
-def test_ship_says_to_make_a_winners_overrides_the_defaults(tmp_path, capsys, training, advice):
+@pytest.mark.parametrize("changed", [("weight_decay", "label_smoothing"), (), "smoke"])
+def test_ship_says_to_make_a_winners_overrides_the_defaults(tmp_path, capsys, changed):
     """A winner trained with OVERRIDES leaves TrainConfig's defaults another recipe than the shipped model's:
-    Run all in Colab and the command line would train that other recipe. `ship` says so, with the overrides."""
+    Run all in Colab and the command line would train that other recipe. `ship` says so, with the overrides, and
+    prints the steps that follow in the order that works (the tables, `stale`, the screenshot, git add, the tests)."""
+    if changed == "smoke":  # the notebook's own SMOKE settings are not a recipe
+        training, advice = {"per_class": 20, "lr_find_iters": 20, "epochs": 1}, None
+    else:
+        training = {name: other_than_the_default(name) for name in changed}
+        advice = str(training) if training else None
     committed = finished_run(tmp_path / "repo", {"accuracy": 0.91})
     run_dir = finished_run(tmp_path / "runs" / "winner", {"accuracy": 0.92})
     model_json = run_dir / "space_app" / "model.json"
@@ -277,8 +284,159 @@ def test_ship_says_to_make_a_winners_overrides_the_defaults(tmp_path, capsys, tr
     args = ["ship", "winner", "--runs-root", str(tmp_path / "runs"), "--repo", str(committed)]
     assert runner.main(args) == 0
     out = capsys.readouterr().out
-    assert "python scripts/readme_tables.py readme" in out
     if advice:
         assert f"OVERRIDES {advice}: make them TrainConfig's defaults" in out
     else:
         assert "OVERRIDES" not in out
+    steps = ["scripts/readme_tables.py readme", "notebook_run.py stale", "scripts/screenshot_app.py", "git add -A"]
+    at = [out.find(step) for step in [*steps, "python -m pytest", ".ci/run"]]
+    assert -1 not in at and at == sorted(at), out
+
+
+def git_repo(root: Path) -> Path:
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        runner.git(*command, repo=root)
+    return root
+
+
+def test_ship_names_the_files_that_changed_while_the_run_ran(tmp_path, capsys):
+    """The run trained the code it copied at its start; a file changed since (someone else's commit, an edit of
+    S12.py's code) is not what made the shipped outputs, and an S12.py changed that way fails the pairing test."""
+    committed = finished_run(tmp_path / "repo", {"accuracy": 0.91})
+    run_dir = finished_run(tmp_path / "runs" / "winner", {"accuracy": 0.92})
+    for root in (committed, run_dir):
+        for name in ("S12.py", "era_utils/lit_module.py", "era_utils/model.py"):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text("as the run copied it\n")
+    git_repo(committed)
+    (committed / "era_utils" / "lit_module.py").write_text("changed while the run ran\n")
+    (committed / "benchmarks" / "results").mkdir(parents=True)
+    (committed / "benchmarks" / "results" / "notebook_runs.jsonl").write_text("{}\n")  # the run's own line
+    args = ["ship", "winner", "--runs-root", str(tmp_path / "runs"), "--repo", str(committed)]
+    assert runner.main(args) == 0
+    out = capsys.readouterr().out
+    assert "(its outputs are the old ones'): era_utils/lit_module.py\n" in out and "S12.py changed" not in out
+    (committed / "S12.py").write_text("# %%\nprint('new code')\n")
+    assert runner.main([*args, "--force"]) == 0  # the run is the committed model now
+    out = capsys.readouterr().out
+    assert "(its outputs are the old ones'): S12.py, era_utils/lit_module.py\n" in out
+    assert "S12.py changed: its code cells must be the shipped S12.ipynb's" in out
+
+
+def write_run_files(root: Path, metrics: dict, training: dict, duration: float, suggested: str, mistake: str) -> None:
+    """The files a run's figures are read from: model.json, the log, the notebook (with its duration and the LR
+    finder's printed suggestion) and one mistake."""
+    (root / "space_app").mkdir(parents=True, exist_ok=True)
+    (root / "space_app" / "model.json").write_text(json.dumps({"metrics": metrics, "training": training}))
+    (root / "logs").mkdir(exist_ok=True)
+    first, last = metrics["first_val"], metrics["accuracy"]
+    (root / "logs" / "metrics.csv").write_text(
+        f"epoch,step,train/acc,train/loss,val/acc,val/loss\n0,9,0.5,1.5,{first},1.2\n1,19,{metrics['train']},0.6,{last},0.7\n"
+    )
+    cell = nbformat.v4.new_code_cell("find()", outputs=[nbformat.v4.new_output("stream", text=suggested)])
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("# S12\nThe committed run's outputs."), cell],
+        metadata={"papermill": {"duration": duration}},
+    )
+    nbformat.write(notebook, root / "S12.ipynb")
+    jupytext.write(notebook, root / "S12.py", fmt="py:percent")
+    for old in (root / "misclassified_images").glob("*.png"):
+        old.unlink()
+    (root / "misclassified_images").mkdir(exist_ok=True)
+    (root / "misclassified_images" / mistake).write_bytes(b"")
+
+
+OLD_PROSE = """- **Test accuracy:** 90.60% single view
+Lightning's table shows 0.9060; cats are the hardest class (82.3%).
+| cat | 82.3% | 81.9% |
+| committed-baseline | 90.60% | ok |
+Training accuracy reaches 98.2% while validation stays at 90.6%, from 65.5% after the first epoch.
+The run took 2 h 30 min; the finder suggests 6.0e-4. A mistake: bird → frog (98%).
+Cross-entropy with label
+smoothing {old_ls}. Accuracy 90.65% elsewhere, and 190.6 images/s.
+Another model scores 82.3% on its data.
+"""
+OLD_LS = other_than_the_default("label_smoothing")  # the replaced run's; the new one's is TrainConfig's default
+
+
+@pytest.fixture
+def shipped(tmp_path) -> Path:
+    """A repository whose commit holds the old run and whose working tree the new one, the prose not yet updated."""
+    repo = tmp_path / "repo"
+    defaults = runner.dataclasses.asdict(runner.TrainConfig())
+    old_training = defaults | {"label_smoothing": OLD_LS, "out": "."}
+    metrics = {"accuracy": 0.906, "per_class": {"cat": 0.823}, "first_val": 0.655, "train": 0.982}
+    write_run_files(repo, metrics, old_training, 9022.0, "suggested: 6.010e-04;", "01_bird_as_frog_98pct.png")
+    (repo / "README.md").write_text(OLD_PROSE.format(old_ls=OLD_LS))
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    (repo / "benchmarks" / "results" / "notebook_runs.jsonl").write_text(json.dumps({"name": "committed-baseline"}))
+    git_repo(repo)
+    new_training = defaults | {"out": "."}
+    metrics = {"accuracy": 0.912, "per_class": {"cat": 0.85}, "first_val": 0.6, "train": 0.97}
+    write_run_files(repo, metrics, new_training, 5700.0, "suggested: 7.000e-04;", "01_dog_as_cat_96pct.png")
+    return repo
+
+
+def test_stale_lists_each_line_that_quotes_the_replaced_run(shipped, capsys):
+    """`stale` reads the replaced run's figures from git HEAD and names, file:line, the prose that still quotes
+    them: accuracies in every spelling, a class's accuracy where the prose names the class, the log's first and last
+    epochs, the run's duration, the LR finder's suggestion, the top mistake, and the old recipe's values (a phrase
+    wrapped over two lines too); not the table of runs (each row stays true of its run), not the classes table
+    (readme_tables rewrites it), not a figure that merely contains an old one, nor another model's figure."""
+    assert runner.main(["stale", "--repo", str(shipped)]) == 1
+    out = capsys.readouterr().out
+    quoted = {line.split(": ")[0].strip() for line in out.splitlines() if line.startswith("  README.md:")}
+    assert quoted == {f"README.md:{n}" for n in (1, 2, 5, 6, 7)}, out
+    for figure in ("90.60 (accuracy, single view)", "0.9060 (accuracy, single view)", "82.3% (cat, single view)",
+                   "98.2 (last train acc)", "65.5 (first val acc)", "2 h 30 min (the notebook's duration)",
+                   "6.0e-4 (the LR finder's suggestion)", "bird → frog (98%) (mistake #1)",
+                   f"README.md:7: label_smoothing {OLD_LS} -> {runner.TrainConfig().label_smoothing}"):  # fmt: skip
+        assert figure in out
+    assert "README.md:8" not in out and "README.md:9" not in out, "other figures, or another model's"
+    assert "S12.py:" in out and "re-read" in out  # "The committed run's outputs." in the notebook's markdown
+
+
+def test_stale_is_clean_once_the_prose_is_the_new_runs(shipped, capsys):
+    new = runner.TrainConfig().label_smoothing
+    (shipped / "README.md").write_text(
+        f"- **Test accuracy:** 91.20% single view\nCross-entropy, label smoothing {new}.\n"
+    )
+    assert runner.main(["stale", "--repo", str(shipped)]) == 0
+    assert "nothing quotes the replaced run" in capsys.readouterr().out
+
+
+def test_stale_says_when_the_defaults_or_the_notebooks_markdown_are_not_done(shipped, capsys):
+    """TrainConfig's defaults left at the old recipe, and S12.py's markdown edited without the notebook's (the pairing
+    test compares only code) are both to fix."""
+    (shipped / "README.md").write_text("nothing\n")
+    model = json.loads((shipped / "space_app" / "model.json").read_text())
+    model["training"]["label_smoothing"] = OLD_LS  # a winner trained with OVERRIDES, the defaults not yet changed
+    (shipped / "space_app" / "model.json").write_text(json.dumps(model))
+    (shipped / "S12.py").write_text((shipped / "S12.py").read_text().replace("# The committed run", "# The new run"))
+    assert runner.main(["stale", "--repo", str(shipped)]) == 1
+    out = capsys.readouterr().out
+    default = runner.TrainConfig().label_smoothing
+    assert (
+        "TrainConfig's defaults are not the shipped recipe" in out and f"label_smoothing: {default} -> {OLD_LS}" in out
+    )
+    assert "S12.ipynb's markdown differs from S12.py's in these cells" in out and "markdown cell 1" in out
+
+
+def test_markdown_copies_s12_py_prose_into_the_notebook_and_keeps_its_outputs_and_timings(repo, tmp_path, capsys):
+    """After a ship the notebook's prose is edited in S12.py; `markdown` carries it into S12.ipynb by position and
+    touches nothing else (jupytext --update would drop papermill's per-cell timings, which the prose quotes)."""
+    for name in (runner.NOTEBOOK, runner.PAIR):
+        shutil.copy2(repo / name, tmp_path / name)
+    committed = (tmp_path / runner.NOTEBOOK).read_bytes()
+    assert runner.main(["markdown", "--repo", str(tmp_path)]) == 0
+    assert (tmp_path / runner.NOTEBOOK).read_bytes() == committed, "the committed pair is in step: nothing to write"
+    pair = (tmp_path / runner.PAIR).read_text()
+    (tmp_path / runner.PAIR).write_text(pair.replace("# # ", "# # Edited: ", 1))
+    assert runner.main(["markdown", "--repo", str(tmp_path)]) == 0
+    assert "markdown cells 1 copied" in capsys.readouterr().out
+    before = nbformat.reads(committed.decode(), as_version=4)
+    after = nbformat.read(tmp_path / runner.NOTEBOOK, as_version=4)
+    assert after.cells[0].source.startswith("# Edited: ") and before.cells[0].source.startswith("# ")
+    assert after.cells[1:] == before.cells[1:]
+    assert after.cells[0].metadata == before.cells[0].metadata and after.metadata == before.metadata
+    assert runner.markdown_mismatch(tmp_path) == []
