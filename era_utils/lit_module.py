@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from era_utils.train_config import TrainConfig
+
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint to resume was trained with other settings (loss, optimizer, schedule, data, EMA) than this run's."""
@@ -59,9 +61,9 @@ class LitClassifier(L.LightningModule):
         net: nn.Module,
         num_classes: int,
         max_lr: float = 0.01,
-        weight_decay: float = 0.05,
-        label_smoothing: float = 0.1,
-        pct_start: float = 5 / 24,
+        weight_decay: float = TrainConfig.weight_decay,
+        label_smoothing: float = TrainConfig.label_smoothing,
+        pct_start: float = TrainConfig.pct_start,
         div_factor: float = 100.0,
         final_div_factor: float = 100.0,
         channels_last: bool = True,

@@ -81,7 +81,8 @@ def epochs_table(csv: str = "logs/metrics.csv") -> str:
     lines = ["| epoch | train loss | train acc | val loss | val acc | LR |", "|---:|---:|---:|---:|---:|---:|"]
     for epoch, r in table.iterrows():
         lines.append(
-            f"| {epoch} | {r.train_loss:.4f} | {r.train_acc:.2%} | {r.val_loss:.4f} | {r.val_acc:.2%} | {r.lr:.2e} |"
+            f"| {epoch} | {r.train_loss:.4f} | {r.train_acc:.2%} | {r.val_loss:.4f} | {r.val_acc:.2%} "
+            f"| {cell(r.get('lr'), '{:.2e}')} |"  # a smoke run logs no LR
         )
     return "\n".join(lines)
 

@@ -25,7 +25,9 @@ from era_utils.train_config import TrainConfig
 # What a training run writes: figures, weights, stores, checkpoints, CSV logs, downloads.
 ARTIFACT_SUFFIXES = {".png", ".safetensors", ".npz", ".ckpt", ".csv", ".gz", ".ipynb"}
 # One CPU process, as in the other training tests: "auto" would mean GPU or DDP on some runners.
-OVERRIDES = {"accelerator": "cpu", "devices": "1", "label_smoothing": 0.2}
+# Label smoothing other than the default, whatever the default becomes: the override must show in the config.
+SMOOTHING = round(TrainConfig().label_smoothing + 0.1, 4)
+OVERRIDES = {"accelerator": "cpu", "devices": "1", "label_smoothing": SMOOTHING}
 
 
 def _code_cells(notebook) -> list[str]:
@@ -116,7 +118,7 @@ def test_notebook_runs_in_smoke_mode_without_touching_the_repository(smoke_run):
     outputs = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o["output_type"] == "error"]
     shown = "".join("".join(o.get("data", {}).get("text/plain", "")) for o in outputs)
-    assert "label_smoothing=0.2" in shown, "OVERRIDES did not reach the TrainConfig the notebook shows"
+    assert f"label_smoothing={SMOOTHING}" in shown, "OVERRIDES did not reach the TrainConfig the notebook shows"
     assert "out='.'" in shown, "the run's notebook did not write its outputs where the committed one did"
     for name in ("augmented_samples", "lr_finder", "training_curves", "confusion_matrix", "gradcam"):
         assert (smoke_run.run_dir / "images" / f"{name}.png").is_file()
@@ -168,8 +170,10 @@ def digests(root: Path) -> dict[str, str]:
 
 @pytest.fixture
 def repo_copy(repo, tmp_path) -> Path:
-    """The repository's tracked files, artifacts included: `ship` goes there, never into the repository."""
-    names = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
+    """The repository's files (tracked, or new and not ignored, as after a ship not yet added), artifacts included:
+    `ship` goes there, never into the repository."""
+    listed = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
+    names = subprocess.run(listed, cwd=repo, capture_output=True, text=True, check=True).stdout.split()
     for name in names:
         if (repo / name).is_file():
             (tmp_path / "repo" / name).parent.mkdir(parents=True, exist_ok=True)

@@ -31,24 +31,36 @@ def test_readme_holds_the_table_made_from_the_committed_artifacts(repo, monkeypa
     )
 
 
+def assert_quotes(text: str, expected: str, readme: str) -> None:
+    """`expected` in `text`, else a message that says what to write and how to find the old figures."""
+    assert expected in text, (
+        f"{readme} lacks {expected!r} (space_app/model.json's figures); "
+        "`python benchmarks/notebook_run.py stale` lists the lines that quote the replaced run's"
+    )
+
+
 def test_readme_quotes_the_committed_accuracies(repo, metrics):
     readme = (repo / "README.md").read_text()
     for key in ("accuracy", "accuracy_tta", "accuracy_tta_translate"):
-        assert f"`{json.dumps({key: metrics[key]})[1:-1]}`" in readme, key
+        assert_quotes(readme, f"`{json.dumps({key: metrics[key]})[1:-1]}`", "README.md")
     headline = f"{metrics['accuracy']:.2%} single view, {metrics['accuracy_tta']:.2%} with flip TTA, "
-    assert f"- **Test accuracy:** {headline}{metrics['accuracy_tta_translate']:.2%} with flip + translation" in readme
+    headline += f"{metrics['accuracy_tta_translate']:.2%} with flip + translation"
+    assert_quotes(readme, f"- **Test accuracy:** {headline}", "README.md")
     anchor = next(line for line in readme.splitlines() if line.startswith("| **this repository, committed run** |"))
-    assert anchor.split(" | ")[1:3] == [
-        f"**{metrics['accuracy']:.2%}**",
-        f"**{metrics['accuracy_tta']:.2%}** (flip), **{metrics['accuracy_tta_translate']:.2%}** (flip + translation)",
-    ]
+    assert_quotes(
+        anchor,
+        f"| **{metrics['accuracy']:.2%}** | **{metrics['accuracy_tta']:.2%}** (flip), "
+        f"**{metrics['accuracy_tta_translate']:.2%}** (flip + translation) |",
+        "README.md's anchor table",
+    )
 
 
 def test_space_readme_quotes_the_committed_accuracies(repo, metrics):
     readme = " ".join((repo / "space_app" / "README.md").read_text().split())
-    assert (
-        f"**Test accuracy: {metrics['accuracy']:.1%}** on the {metrics['n']:,} CIFAR-10 test images".replace(",", " ")
-        in readme
-    )
-    assert f"({metrics['accuracy_tta']:.1%} with horizontal-flip test-time augmentation" in readme
-    assert f"; {metrics['accuracy_tta_translate']:.1%} with six views" in readme
+    n = f"{metrics['n']:,}".replace(",", " ")
+    for expected in (
+        f"**Test accuracy: {metrics['accuracy']:.1%}** on the {n} CIFAR-10 test images",
+        f"({metrics['accuracy_tta']:.1%} with horizontal-flip test-time augmentation",
+        f"; {metrics['accuracy_tta_translate']:.1%} with six views",
+    ):
+        assert_quotes(readme, expected, "space_app/README.md")

@@ -144,6 +144,10 @@ def test_epochs_table_shows_each_epochs_train_and_val_figures_and_lr(tables, tmp
     lines = tables.epochs_table(str(tmp_path / "metrics.csv")).splitlines()
     assert lines[0] == "| epoch | train loss | train acc | val loss | val acc | LR |"
     assert lines[2:] == ["| 1 | 1.8000 | 34.56% | 1.5000 | 45.67% | 4.00e-04 |"]
+    pd.DataFrame(rows[1:]).to_csv(tmp_path / "metrics.csv", index=False)  # a smoke run logs no LR
+    assert tables.epochs_table(str(tmp_path / "metrics.csv")).splitlines()[2:] == [
+        "| 1 | 1.8000 | 34.56% | 1.5000 | 45.67% | — |"
+    ]
 
 
 def test_misclassified_table_shows_the_ten_most_confident_mistakes_in_rank_order(tables, tmp_path):
@@ -173,13 +177,13 @@ def repo_copy(repo, tmp_path):
     return tmp_path
 
 
-def test_readme_rewrites_stale_tables_and_nothing_else(main, repo, repo_copy, monkeypatch, capsys):
+def test_readme_rewrites_stale_tables_and_nothing_else(main, tables, repo_copy, monkeypatch, capsys):
     """A row missing, a figure changed, a stale row left over: `--check` names the tables and changes nothing;
     without it the README comes back exactly as committed."""
     monkeypatch.chdir(repo_copy)
     committed = (repo_copy / "README.md").read_text()
-    epoch_rows = [line for line in committed.splitlines() if line.startswith("| 7 | ") or line.startswith("| 8 | ")]
-    stale = committed.replace(epoch_rows[0] + "\n", "").replace(epoch_rows[1], epoch_rows[1].replace("|", "| 1", 2))
+    epoch_rows = tables.epochs_table("logs/metrics.csv").splitlines()[2:]  # as many as the committed run has
+    stale = committed.replace(epoch_rows[0] + "\n", "").replace(epoch_rows[-1], epoch_rows[-1].replace("|", "| 1", 2))
     runs_row = next(line for line in committed.splitlines() if line.startswith("| committed-baseline |"))
     stale = stale.replace(runs_row, runs_row + "\n" + runs_row.replace("committed-baseline", "an-old-run"))
     (repo_copy / "README.md").write_text(stale)
