@@ -60,16 +60,19 @@ def timed(fn: Callable[[], object], n: int, warmup: int = 3) -> list[float]:
     return out
 
 
-def server_side(image: Path, n: int, layer: str) -> dict[str, object]:
-    """The handlers themselves, in this process: what the server spends per request."""
+def server_side(image: Path, n: int, layer: str, only: list[str] | None = None) -> dict[str, object]:
+    """The handlers themselves, in this process: what the server spends per request (every method, or `only`)."""
     sys.path.insert(0, str(APP_DIR))
     import app  # space_app/ is a folder of scripts, not a package
 
+    unknown = [m for m in only or () if m not in app.METHODS]
+    if unknown:
+        raise SystemExit(f"--methods {' '.join(unknown)}: not the app's; it offers {', '.join(app.METHODS)}")
     sp = app.SpaceApp(APP_DIR)
     path = str(image)
     result: dict[str, object] = {"predict": percentiles(timed(lambda: sp.predict(path, 5), n))}
     methods = {}
-    for method in app.METHODS:
+    for method in only or app.METHODS:
         one = timed(lambda m=method: sp.explain(path, True, 1, layer, 0.5, m), max(5, n // 3))
         ten = timed(lambda m=method: sp.explain(path, True, 10, layer, 0.5, m), max(3, n // 10))
         methods[method] = {
@@ -192,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--threads", type=int, help="torch and BLAS threads for the server-side timing (default: one per core)"
     )
+    p.add_argument("--methods", nargs="+", metavar="METHOD", help="time only these heatmap methods (default: all)")
     p.add_argument("--results", type=Path, help="also append the JSON (one line, with command and machine) here")
     args = p.parse_args(argv)
     if args.quick:
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)
-    result["server_side"] = server_side(args.image, args.n, args.layer)
+    result["server_side"] = server_side(args.image, args.n, args.layer, args.methods)
     result["machine"]["torch_threads"] = args.threads or "default"
     if args.server_only:
         return report(result, args)

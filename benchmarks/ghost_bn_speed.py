@@ -13,10 +13,11 @@ same input shapes, forward + backward) and checks each variant against F.batch_n
   weight and bias repeated, one F.batch_norm call (copies in and out, for channels_last too);
 - var_mean: torch.var_mean over each slice's images and pixels, then x * scale + shift.
 
-On the idle 2-core AVX2-only CPU (AMD EPYC), seconds per step of 512 (median of 5): plain 13.01, split 13.22
-(1.016, within the steps' spread), fold 14.47 (1.11), var_mean 15.78 (1.21). When another process keeps a core
-busy, each F.batch_norm call can wait for a descheduled OpenMP thread, and split, with 16 calls per layer
-instead of one, fell to 1.20x plain (fold 1.19x); `--threads 1` avoids that.
+On the idle 2-core AVX2-only CPU (AMD EPYC), seconds per step of 512 (median of 5; benchmarks/results/
+ghost_bn_speed.jsonl): plain 13.31 (12.09-20.01), split 14.39 (1.08; 12.65-15.24, inside plain's spread), fold 15.65
+(1.18), var_mean 16.12 (1.21); an earlier run, without a result file, had split at 1.016. When another
+process keeps a core busy, each F.batch_norm call can wait for a descheduled OpenMP thread, and split, with 16
+calls per layer instead of one, fell to 1.20x plain (fold 1.19x); `--threads 1` avoids that.
 """
 
 import argparse

@@ -24,8 +24,8 @@ def device_for(cfg: TrainConfig) -> torch.device:
 def cpu_has_fast_bf16() -> bool:
     """Whether oneDNN runs bf16 on this CPU (on x86: AVX-512; PyTorch's own check).
 
-    Where it does, bf16 autocast trained 1.85x faster than fp32; on an AVX2-only CPU it trained 12x slower,
-    3.1 against 36.7 images/s (benchmarks/train_throughput.py, README "Performance").
+    Where it does, bf16 autocast trained 1.85x faster than fp32; on an AVX2-only CPU about 13x slower, 2.8 against
+    36.0 images/s (benchmarks/results/train_throughput.jsonl, README "Performance").
     """
     try:  # a private op of PyTorch's (its tests use it); without it, fp32 is the safe answer
         return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -68,7 +68,7 @@ def test_train_throughput_records_both_precisions(bench, repo, image_folder, tmp
 
 def test_app_latency_records_the_handlers_and_the_goals(bench, repo, tmp_path):
     results = tmp_path / "latency.jsonl"
-    argv = ["--quick", "--server-only", "--threads", "1", "--results", str(results)]
+    argv = ["--quick", "--server-only", "--threads", "1", "--methods", "Grad-CAM", "--results", str(results)]
     assert bench("app_latency").main(argv) == 0
     line = only_line(results)
     assert_provenance(line, repo, "app_latency.py", argv)
@@ -76,4 +76,7 @@ def test_app_latency_records_the_handlers_and_the_goals(bench, repo, tmp_path):
     server = line["server_side"]
     assert 0 < server["predict"]["p50_ms"] <= server["predict"]["p95_ms"]
     assert set(line["goals"]) == {"predict_p95_le_50ms", "one_heatmap_p95_le_300ms", "ten_heatmaps_p95_le_1500ms"}
+    assert list(server["methods"]) == ["Grad-CAM"]
+    one = server["methods"]["Grad-CAM"]["one_heatmap"]
+    assert 0 < one["p50_ms"] <= one["p95_ms"] <= server["methods"]["Grad-CAM"]["ten_heatmaps"]["p95_ms"]
     assert "load" not in line and "client_side" not in line
