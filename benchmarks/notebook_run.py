@@ -218,15 +218,23 @@ def git(*args: str, repo: Path = REPO) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
 
 
+def source_files(repo: Path) -> list[str]:
+    """The working tree's files that git tracks or would (a new module not yet added: the code imports it), as
+    paths relative to `repo`, without the notebook's outputs (the notebook itself is kept: it holds the code)."""
+    outputs = {*ARTIFACT_FILES} - {NOTEBOOK}
+    names = git("ls-files", "-z", "--cached", "--others", "--exclude-standard", repo=repo).split("\0")
+    return [
+        name
+        for name in filter(None, names)
+        if name not in outputs and name.rpartition("/")[0] not in ARTIFACT_DIRS and (repo / name).is_file()
+    ]
+
+
 def copy_repository(repo: Path, dest: Path) -> None:
     """The working tree's files that git tracks or would (a new module not yet added: the code imports it),
     without the notebook's outputs, so that every artifact in `dest` comes from the run. The notebook keeps its
     code, not its old outputs."""
-    outputs = {*ARTIFACT_FILES} - {NOTEBOOK}
-    names = git("ls-files", "-z", "--cached", "--others", "--exclude-standard", repo=repo).split("\0")
-    for name in filter(None, names):
-        if name in outputs or name.rpartition("/")[0] in ARTIFACT_DIRS or not (repo / name).is_file():
-            continue
+    for name in source_files(repo):
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / name, dest / name)
     notebook = nbformat.read(dest / NOTEBOOK, as_version=4)
@@ -550,7 +558,7 @@ def markdown(args: argparse.Namespace, argv: list[str]) -> int:
 
 def stale_report(repo: Path, old_figures: dict, old_training: dict) -> bool:
     """Print what the prose still says of the replaced run; True if something is to fix."""
-    model = json.loads(read_text(repo / "space_app" / "model.json") or "{}")
+    model = read_json(repo / "space_app" / "model.json")
     figures = stale_figures(repo, old_figures, run_figures(folder_reader(repo), mistakes_in(repo)))
     recipe = recipe_lines(repo, old_training, model.get("training", {}))
     defaults = dataclasses.asdict(TrainConfig())
@@ -587,10 +595,11 @@ def stale(args: argparse.Namespace, argv: list[str]) -> int:
     """After a ship: the prose that still quotes the run at `--since` (git HEAD: the replaced one); 1 if any."""
     repo = Path(args.repo)
     read = git_reader(repo, args.since)
-    if read("space_app/model.json") is None:
+    old_model = read("space_app/model.json")
+    if old_model is None:
         raise SystemExit(f"{args.since}: no space_app/model.json at that commit in {repo}")
     old_figures = run_figures(read, mistakes_in(repo, args.since))
-    old_training = json.loads(read("space_app/model.json")).get("training", {})
+    old_training = json.loads(old_model).get("training", {})
     found = stale_report(repo, old_figures, old_training)
     print("\n" + ("fix the lines above, then run this again" if found else "nothing quotes the replaced run"))
     return 1 if found else 0
@@ -600,17 +609,14 @@ def changed_since_run(run_dir: Path, repo: Path) -> list[str]:
     """The repository's files (not the notebook's outputs, not benchmarks/results/) that differ from the copy the
     run executed: what changed while it ran. Empty outside a git checkout."""
     try:
-        names = git("ls-files", "-z", "--cached", "--others", "--exclude-standard", repo=repo).split("\0")
+        names = source_files(repo)
     except (subprocess.CalledProcessError, FileNotFoundError):
         return []
-    outputs = set(ARTIFACT_FILES)
     return [
         name
-        for name in filter(None, names)
-        if name not in outputs
-        and name.rpartition("/")[0] not in ARTIFACT_DIRS
+        for name in names
+        if name != NOTEBOOK
         and not name.startswith("benchmarks/results/")
-        and (repo / name).is_file()
         and (run_dir / name).is_file()
         and (repo / name).read_bytes() != (run_dir / name).read_bytes()
     ]
