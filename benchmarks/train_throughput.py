@@ -34,9 +34,9 @@ def bare_loop(dm: CIFAR10DataModule, steps: int, warmup: int, bf16: bool) -> flo
     """Images/s of a hand-written loop: autocast, channels_last, AdamW + OneCycle, like the module."""
     torch.manual_seed(0)
     net = CustomResNet(NUM_CLASSES, logit_scale=TrainConfig.logit_scale).to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=TrainConfig.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.01, total_steps=steps + warmup + 1)
-    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    criterion = nn.CrossEntropyLoss(label_smoothing=TrainConfig.label_smoothing)
     seen, start = 0, 0.0
     for i, (images, labels) in enumerate(dm.train_dataloader()):
         if i == warmup:
