@@ -45,7 +45,8 @@ def parse_variant(spec: str) -> dict[str, float | int]:
 def run_variant(spec: str, args: argparse.Namespace) -> dict:
     overrides = {"max_lr": args.max_lr, "epochs": args.epochs} | parse_variant(spec)
     out = Path(args.out_root) / spec.replace(",", "_").replace("=", "-")
-    cfg = TrainConfig(data_dir=args.data_dir, out=str(out), n_misclassified=10, **overrides)
+    # No range test: a sweep's minutes are its training's.
+    cfg = TrainConfig(data_dir=args.data_dir, out=str(out), n_misclassified=10, lr_find_iters=0, **overrides)
     start = time.perf_counter()
     result = run(cfg)
     return {
@@ -63,7 +64,7 @@ def main() -> None:
     p.add_argument("variants", nargs="+", help='"baseline" or overrides such as weight_decay=0.2,max_lr=0.02')
     p.add_argument("--data-dir", required=True)
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--max-lr", type=float, default=0.01, help="unless a variant sets max_lr")
+    p.add_argument("--max-lr", type=float, default=TrainConfig.max_lr, help="unless a variant sets max_lr")
     p.add_argument("--out-root", default="runs/sweep")
     p.add_argument("--results", default="runs/sweep/results.jsonl", help="JSON lines are appended here too")
     args = p.parse_args()

@@ -46,6 +46,7 @@ from results_log import append
 
 from era_utils.history import epoch_table
 from era_utils.misclassified import FILE_NAME, caption, parse_file_name
+from era_utils.train import max_lr_arg
 from era_utils.train_config import ConfigError, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,14 +107,6 @@ def parse_overrides(items: list[str]) -> dict:
     except ConfigError as err:
         raise SystemExit(f"--set: {err}") from None
     return overrides
-
-
-def max_lr_arg(text: str) -> float | None:
-    if text == "finder":
-        return None
-    if float(text) <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be positive, or 'finder'")
-    return float(text)
 
 
 def read_json(path: Path) -> dict:
@@ -675,8 +668,8 @@ def parser() -> argparse.ArgumentParser:
     run_p.add_argument(
         "--max-lr",
         type=max_lr_arg,
-        default=0.01,
-        help="OneCycle max LR (default: 0.01, the committed run's); 'finder' takes the LR finder's suggestion",
+        default=TrainConfig.max_lr,
+        help="OneCycle max LR (default: %(default)s, the recipe's); 'finder' takes the LR finder's suggestion",
     )
     run_p.add_argument(
         "--set",

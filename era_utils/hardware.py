@@ -56,9 +56,9 @@ def hardware_settings(cfg: TrainConfig) -> dict:
     }
 
 
-def check_hardware_settings(cfg: TrainConfig) -> None:
+def check_hardware_settings(cfg: TrainConfig) -> int:
     """Lightning's own checks of the hardware settings, run now rather than after the LR finder's minutes; and
-    with several processes, a max LR given rather than found by each."""
+    with several processes, a max LR given rather than found by each. Returns how many processes will train."""
     settings = hardware_settings(cfg)
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
@@ -74,6 +74,7 @@ def check_hardware_settings(cfg: TrainConfig) -> None:
         lightning_log.setLevel(level)
     if probe.world_size > 1 and cfg.max_lr is None and not cfg.resume:
         raise ConfigError(
-            f"--max-lr is required with {probe.world_size} processes: each would run its own LR finder and could "
-            "train with another max LR (the committed recipe used --max-lr 0.01)"
+            f"--max-lr finder cannot train {probe.world_size} processes: each would run its own LR finder and "
+            "could train with another max LR; give a number (the committed recipe's: 0.01)"
         )
+    return probe.world_size

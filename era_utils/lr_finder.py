@@ -21,7 +21,14 @@ MIN_BATCHES = SKIP_START + SKIP_END + 2
 
 
 class LRFinderError(RuntimeError):
-    """The range test stopped (its loss diverged) too early for a suggestion."""
+    """The range test stopped (its loss diverged) after `batches`, too early for a suggestion."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__(
+            f"the LR range test's loss diverged after {batches} batches, too few to suggest a max LR (it takes "
+            f"{MIN_BATCHES}); give one (a number for --max-lr, or for MAX_LR in the notebook), or more --lr-find-iters"
+        )
+        self.batches = batches
 
 
 @dataclass
@@ -64,10 +71,7 @@ def find_lr(
     finder.range_test(loader, end_lr=end_lr, num_iter=num_iter, step_mode="exp")
     if len(finder.history["lr"]) < MIN_BATCHES:
         finder.reset()
-        raise LRFinderError(
-            f"the LR range test's loss diverged after {len(finder.history['lr'])} batches, too few to suggest a max "
-            f"LR (it takes {MIN_BATCHES}); give one (--max-lr, or MAX_LR in the notebook), or more --lr-find-iters"
-        )
+        raise LRFinderError(len(finder.history["lr"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax, suggested = finder.plot(skip_start=SKIP_START, skip_end=SKIP_END, ax=ax, suggest_lr=True)
     ax.set_title(f"LR range test: suggested max LR {suggested:.2e}")

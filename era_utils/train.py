@@ -5,6 +5,7 @@ python -m era_utils.train --data-dir ../shared/data/cifar10-jpeg --epochs 24 --o
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from era_utils.train_config import (
     TrainConfig,
 )
 from era_utils.transforms import FLIPS
+
+LR_FINDER_PLOT = "lr_finder.png"
 
 
 @dataclass
@@ -82,7 +85,7 @@ def run_lr_finder(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule) ->
         label_smoothing=cfg.label_smoothing,
         num_iter=FAST_DEV_LR_FIND_ITERS if cfg.fast_dev_run else cfg.lr_find_iters,
         bf16=default_precision(cfg).startswith("bf16"),
-        plot_path=cfg.images_dir / "lr_finder.png",
+        plot_path=cfg.images_dir / LR_FINDER_PLOT,
     )
     net.cpu()
     return result
@@ -143,15 +146,30 @@ def resume_checkpoint(cfg: TrainConfig) -> str | None:
     return str(last)
 
 
-def choose_max_lr(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule) -> float:
-    """`--max-lr` if given; on resume the checkpoint's (its OneCycle schedule goes on with it, and `fit` refuses
-    a `--max-lr` that differs from it); else the LR finder's suggestion."""
-    if cfg.max_lr is not None:
-        return cfg.max_lr
+def checkpoint_max_lr(cfg: TrainConfig) -> float:
+    """The max LR of the run `--resume` continues."""
+    checkpoint = torch.load(resume_checkpoint(cfg), map_location="cpu", weights_only=True)
+    return float(checkpoint["hyper_parameters"]["max_lr"])
+
+
+def choose_max_lr(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule, processes: int = 1) -> float:
+    """OneCycle's max LR: `max_lr`, or with None the LR finder's suggestion (on resume the checkpoint's).
+
+    A run that is not resumed runs the range test for its plot even with `max_lr` given, as the notebook does,
+    unless `lr_find_iters` is 0 or several processes train (each would run it); `fit` refuses a resume whose
+    max LR differs from the checkpoint's."""
     if cfg.resume:
-        checkpoint = torch.load(resume_checkpoint(cfg), map_location="cpu", weights_only=True)
-        return float(checkpoint["hyper_parameters"]["max_lr"])
-    return run_lr_finder(cfg, net, dm).suggested_lr
+        return checkpoint_max_lr(cfg) if cfg.max_lr is None else cfg.max_lr
+    if cfg.max_lr is None:
+        return run_lr_finder(cfg, net, dm).suggested_lr
+    if cfg.lr_find_iters and processes == 1:
+        try:
+            suggested = run_lr_finder(cfg, net, dm).suggested_lr
+            print(f"LR finder's suggestion: {suggested:.3e}; training at --max-lr {cfg.max_lr:g} (not 'finder')")
+        except LRFinderError as err:
+            (cfg.images_dir / LR_FINDER_PLOT).unlink(missing_ok=True)  # an earlier run's, in the same folder
+            print(f"no LR finder plot: the range test's loss diverged after {err.batches} batches")
+    return cfg.max_lr
 
 
 def make_output_dirs(cfg: TrainConfig) -> None:
@@ -187,14 +205,14 @@ def fit(
 def run(cfg: TrainConfig) -> RunResult:
     """Run every stage; in multi-process runs only global rank 0 writes the reports."""
     # First the settings, the checkpoint and the data: a mistake in any fails before anything is printed or written.
-    check_hardware_settings(cfg)
+    processes = check_hardware_settings(cfg)
     resume_checkpoint(cfg)
     dm = build_datamodule(cfg)
     make_output_dirs(cfg)
     L.seed_everything(cfg.seed, workers=True)
     save_samples(dm, cfg.images_dir / "augmented_samples.png")
     net = build_net(cfg)
-    max_lr = choose_max_lr(cfg, net, dm)
+    max_lr = choose_max_lr(cfg, net, dm, processes)
     print(f"max LR for OneCycle: {max_lr:.3e}")
     trainer, lit = fit(cfg, net, dm, max_lr)
     test_metrics = trainer.test(lit, datamodule=dm)[0]
@@ -216,6 +234,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return action.help if action.default in (None, False) else super()._get_help_string(action)
 
 
+def max_lr_arg(text: str) -> float | None:
+    """`--max-lr`: a positive number, or "finder" (None) for the LR finder's suggestion."""
+    if text == "finder":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"max_lr must be a positive number or 'finder', got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """The command line as a TrainConfig."""
     defaults = TrainConfig()
@@ -227,9 +258,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per training step")
     p.add_argument(
         "--max-lr",
-        type=float,
-        help="OneCycle's peak LR (the committed recipe: 0.01), skipping the LR finder; required with several "
-        "processes; default: the LR finder's suggestion, or on --resume the checkpoint's",
+        type=max_lr_arg,
+        default=defaults.max_lr,
+        help="OneCycle's peak LR (the committed recipe's, read off the LR finder's plot); 'finder': the LR finder's "
+        "suggestion (one process only; on --resume the checkpoint's)",
     )
     p.add_argument(
         "--weight-decay", type=float, default=defaults.weight_decay, help="AdamW's, on conv and linear weights only"
@@ -255,7 +287,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         help="random: each training image mirrored with p = 0.5; alternating: at random in the first epoch, "
         "then the other way round in every next one (airbench)",
     )
-    p.add_argument("--lr-find-iters", type=int, default=defaults.lr_find_iters, help="the LR range test's batches")
+    p.add_argument(
+        "--lr-find-iters",
+        type=int,
+        default=defaults.lr_find_iters,
+        help="the LR range test's batches (it runs for its plot with any --max-lr); 0: no range test",
+    )
     p.add_argument("--accelerator", default=defaults.accelerator, help="Lightning's: cpu, gpu, auto")
     p.add_argument("--devices", default=defaults.devices, help="Lightning's: a count, or auto")
     p.add_argument("--strategy", default=defaults.strategy, help="Lightning's, e.g. ddp")

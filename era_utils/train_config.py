@@ -1,5 +1,6 @@
 """TrainConfig: every knob of a run, each numeric one checked against its range when the config is made."""
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +20,17 @@ class ConfigError(ValueError):
 VALID_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "epochs": (lambda v: v >= 1, "at least 1"),
     "batch_size": (lambda v: v >= 1, "at least 1"),
-    "max_lr": (lambda v: v > 0, "positive"),
+    "max_lr": (lambda v: 0 < v < math.inf, "positive and finite"),
     "weight_decay": (lambda v: v >= 0, "0 or more"),
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "logit_scale": (lambda v: v > 0, "positive"),
     "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 turns the EMA off)"),
     "pct_start": (lambda v: 0 < v < 1, "in (0, 1)"),
     "ghost_batch_size": (lambda v: v == 0 or v >= 2, "0 (off) or at least 2"),
-    "lr_find_iters": (lambda v: v >= FAST_DEV_LR_FIND_ITERS, f"at least {FAST_DEV_LR_FIND_ITERS}"),
+    "lr_find_iters": (
+        lambda v: v == 0 or v >= FAST_DEV_LR_FIND_ITERS,
+        f"0 (no range test) or at least {FAST_DEV_LR_FIND_ITERS}",
+    ),
     "num_nodes": (lambda v: v >= 1, "at least 1"),
     "per_class": (lambda v: v >= 1, "at least 1"),
     "num_workers": (lambda v: v >= 0, "0 or more"),
@@ -46,7 +50,7 @@ class TrainConfig:
     out: str = "runs/latest"  # logs, checkpoints, plots, weights
     epochs: int = 24
     batch_size: int = 512
-    max_lr: float | None = None  # None: take the LR finder's suggestion
+    max_lr: float | None = 0.01  # OneCycle's peak, read off the LR finder's plot; None: the finder's suggestion
     weight_decay: float = 0.05  # decoupled (AdamW), conv and linear weights only
     label_smoothing: float = 0.1
     logit_scale: float = 0.125  # Page's output scaling; slows the last layer under Adam
@@ -54,7 +58,7 @@ class TrainConfig:
     pct_start: float = 5 / 24  # warm-up share of OneCycle: 5 of 24 epochs
     flip: str = "random"  # "random" (p = 0.5) or "alternating" (airbench's: the other way round each epoch)
     ghost_batch_size: int = 0  # training BN statistics over slices of this many images (Page: 32); 0: whole batch
-    lr_find_iters: int = 200
+    lr_find_iters: int = 200  # the LR range test's batches; 0: no range test (then max_lr must be given)
     accelerator: str = "auto"
     devices: str = "auto"
     strategy: str = "auto"
@@ -79,6 +83,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a number, got {value!r}")
             if not valid(value):
                 raise ConfigError(f"{name} must be {must_be}, got {value}")
+        if self.max_lr is None and self.lr_find_iters == 0 and not self.resume:
+            raise ConfigError(
+                "max_lr 'finder' (None) takes the LR finder's suggestion, but lr_find_iters 0 runs no range test"
+            )
 
     @property
     def out_path(self) -> Path:

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -75,12 +77,13 @@ def test_a_range_test_that_diverges_too_early_is_one_clear_line_and_restores_the
     image_folder, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     """torch-lr-finder stops once the loss diverges; with fewer batches than its suggestion takes, its plot raises
-    a bare RuntimeError. The run must stop with advice instead, before training, its network restored."""
+    a bare RuntimeError. A run that trains at the suggestion must stop with advice instead, before training, its
+    network restored."""
     monkeypatch.setattr(lr_finder, "LRFinder", RecordingFinder)
     monkeypatch.setattr(RecordingFinder, "batches", lr_finder.MIN_BATCHES - 1)
     RecordingFinder.seen = []
     args = ["--data-dir", str(image_folder), "--out", str(tmp_path / "run"), "--fast-dev-run", "--num-workers", "0"]
-    assert train.main([*args, "--accelerator", "cpu", "--devices", "1"]) == 2
+    assert train.main([*args, "--max-lr", "finder", "--accelerator", "cpu", "--devices", "1"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"error: the LR range test's loss diverged after {lr_finder.MIN_BATCHES - 1} batches")
     assert "--max-lr" in error
@@ -162,3 +165,59 @@ def test_training_lr_finder_uses_the_runs_weight_decay_and_label_smoothing(
     assert isinstance(loader, DataLoader)
     assert kwargs.get("weight_decay") == 0.07
     assert kwargs.get("label_smoothing") == 0.15
+
+
+def _finder_config(image_folder, out, **overrides) -> TrainConfig:
+    return TrainConfig(**(dict(data_dir=str(image_folder), out=str(out), num_workers=0, max_lr=0.02) | overrides))
+
+
+def test_a_given_max_lr_is_trained_at_and_the_range_test_still_runs_for_its_plot(
+    image_folder, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """As in the notebook: the plot and the suggestion are shown, and the run trains at the max LR it was given."""
+    monkeypatch.setattr(lr_finder, "LRFinder", RecordingFinder)
+    RecordingFinder.seen = []
+    cfg = _finder_config(image_folder, tmp_path)
+    assert train.choose_max_lr(cfg, CustomResNet(NUM_CLASSES), build_datamodule(cfg)) == 0.02
+    assert len(RecordingFinder.seen) == 1 and RecordingFinder.seen[0].restored
+    assert (tmp_path / "images" / "lr_finder.png").stat().st_size > 0
+    assert "LR finder's suggestion: 1.000e-03; training at --max-lr 0.02" in capsys.readouterr().out
+    assert train.choose_max_lr(replace(cfg, max_lr=None), CustomResNet(NUM_CLASSES), build_datamodule(cfg)) == 1e-3
+
+
+def test_a_plot_only_range_test_that_diverges_early_leaves_no_stale_plot_and_the_run_goes_on(
+    image_folder, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setattr(lr_finder, "LRFinder", RecordingFinder)
+    monkeypatch.setattr(RecordingFinder, "batches", lr_finder.MIN_BATCHES - 1)
+    RecordingFinder.seen = []
+    earlier_plot = tmp_path / "images" / "lr_finder.png"
+    earlier_plot.parent.mkdir()
+    earlier_plot.write_bytes(b"an earlier run's plot")
+    cfg = _finder_config(image_folder, tmp_path)
+    assert train.choose_max_lr(cfg, CustomResNet(NUM_CLASSES), build_datamodule(cfg)) == 0.02
+    assert RecordingFinder.seen[0].restored and not earlier_plot.exists()
+    assert f"no LR finder plot: the range test's loss diverged after {lr_finder.MIN_BATCHES - 1} batches" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "processes"),
+    [({"lr_find_iters": 0}, 1), ({}, 2), ({"lr_find_iters": 0, "max_lr": None, "resume": True}, 1)],
+)
+@pytest.mark.usefixtures("no_lr_finder")
+def test_no_range_test_with_lr_find_iters_0_or_several_processes(image_folder, tmp_path, overrides, processes):
+    """Several processes would each run it on the same device and write the same plot. (A resume needs none: the
+    checkpoint's max LR is asked for here, and there is no checkpoint, so its error shows the finder was skipped.)"""
+    cfg = _finder_config(image_folder, tmp_path, **overrides)
+    if cfg.resume:
+        with pytest.raises(train.DataError, match="no checkpoint"):
+            train.choose_max_lr(cfg, CustomResNet(NUM_CLASSES), build_datamodule(cfg), processes)
+    else:
+        assert train.choose_max_lr(cfg, CustomResNet(NUM_CLASSES), build_datamodule(cfg), processes) == 0.02
+
+
+def test_the_finders_suggestion_needs_a_range_test():
+    with pytest.raises(train.ConfigError, match="lr_find_iters 0 runs no range test"):
+        TrainConfig(max_lr=None, lr_find_iters=0)

@@ -51,6 +51,15 @@ def test_notebook_and_its_script_hold_the_same_code(repo):
     assert _code_cells(jupytext.read(repo / "S12.ipynb")) == _code_cells(jupytext.read(repo / "S12.py"))
 
 
+def test_run_all_trains_the_max_lr_the_command_line_does(repo):
+    """The notebook's MAX_LR parameter and TrainConfig's default are one recipe: Run all in Colab and the Quick
+    start's command train at the same peak."""
+    parameters = next(c for c in jupytext.read(repo / "S12.py").cells if "parameters" in c.metadata.get("tags", []))
+    namespace: dict = {}
+    exec(parameters.source, namespace)
+    assert namespace["MAX_LR"] == TrainConfig().max_lr
+
+
 def test_colab_setup_clones_once_installs_and_works_in_the_clone(repo, tmp_path, monkeypatch, capsys):
     """In Colab (google.colab loaded, era_utils not installed) the setup cell clones REPO_URL, installs its
     requirements and changes into the clone, so OUT = "." writes there; after a runtime restart it does not clone

@@ -107,6 +107,13 @@ def test_cli_flags_reach_the_config():
     assert (cfg.devices, cfg.strategy, cfg.num_nodes, cfg.precision, cfg.resume) == ("2", "ddp", 3, "32", True)
     assert (cfg.max_lr, cfg.seed, cfg.epochs, cfg.batch_size, cfg.pct_start) == (0.02, 7, 5, 64, 0.3)
     assert (cfg.flip, cfg.ghost_batch_size) == ("alternating", 32)
+    assert parse_args(["--max-lr", "finder"]).max_lr is None
+
+
+def test_the_command_line_trains_the_shipped_models_max_lr_not_the_finders_suggestion(repo):
+    """The Quick start's command, without --max-lr, must train the recipe the README and the shipped model state."""
+    training = json.loads((repo / "space_app" / "model.json").read_text())["training"]
+    assert parse_args([]).max_lr == TrainConfig().max_lr == training["max_lr"]
 
 
 def test_cli_defaults_are_the_configs_and_every_other_flag_reaches_its_own_field():
@@ -145,6 +152,7 @@ def test_the_flip_choice_reaches_the_training_data(image_folder):
         ("--epochs", "0"),
         ("--batch-size", "0"),
         ("--max-lr", "-0.01"),
+        ("--max-lr", "fastest"),
         ("--weight-decay", "-1"),
         ("--label-smoothing", "1.5"),
         ("--ema-decay", "1.5"),
@@ -266,23 +274,23 @@ def test_bad_hardware_settings_stop_with_one_clear_line_before_any_work(flag, va
 
 @pytest.mark.parametrize("flags", [["--devices", "2"], ["--devices", "2", "--strategy", "ddp"], ["--num-nodes", "2"]])
 @pytest.mark.usefixtures("no_lr_finder")
-def test_several_processes_without_max_lr_stop_before_any_work(flags, image_folder, tmp_path, capsys):
+def test_several_processes_at_the_finders_max_lr_stop_before_any_work(flags, image_folder, tmp_path, capsys):
     """Each process would run its own LR finder and could pick another max LR: DDP would train them apart."""
     out = tmp_path / "run"
     args = ["--data-dir", str(image_folder), "--out", str(out), "--num-workers", "0", "--accelerator", "cpu", *flags]
-    assert main(args) == 2
+    assert main([*args, "--max-lr", "finder"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("error: --max-lr is required with") and "processes" in error
+    assert error.startswith("error: --max-lr finder cannot train 2 processes") and "give a number" in error
     assert not out.exists()
 
 
 @pytest.mark.usefixtures("no_lr_finder")
-def test_several_processes_resuming_need_no_max_lr(image_folder, tmp_path, capsys):
-    """A resumed run takes its checkpoint's max LR and runs no LR finder: --max-lr is not asked of it. (Without a
+def test_several_processes_resuming_at_the_finders_max_lr_take_the_checkpoints(image_folder, tmp_path, capsys):
+    """A resumed run takes its checkpoint's max LR and runs no LR finder: 'finder' is not refused. (Without a
     checkpoint here, the next check stops the run.)"""
     out = tmp_path / "run"
     args = ["--data-dir", str(image_folder), "--out", str(out), "--num-workers", "0", "--accelerator", "cpu"]
-    assert main([*args, "--devices", "2", "--resume"]) == 2
+    assert main([*args, "--devices", "2", "--max-lr", "finder", "--resume"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: --resume: no checkpoint at")
     assert not out.exists()
