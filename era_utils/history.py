@@ -1,6 +1,7 @@
 """The per-epoch training log: Lightning's CSVLogger output, kept whole across a resume, read as a table."""
 
 import csv
+import io
 from pathlib import Path
 
 import lightning as L
@@ -32,18 +33,26 @@ class KeepLogOnResume(L.Callback):
 
     The CSVLogger writes every attempt into the same folder and deletes the earlier `metrics.csv` when the resumed
     run starts; without this the log, the curves and the per-epoch table would begin at the interruption. Rows from
-    the checkpoint's step on are left out: the resumed run logs those steps again.
+    the checkpoint's step on are left out: the resumed run logs those steps again. The rows go back when the fit
+    starts, before its training loop, which a checkpoint of the last epoch skips (a run killed while testing); a
+    resume that fails before then (a refused checkpoint) leaves the file as it was.
     """
 
     def __init__(self, metrics_csv: Path) -> None:
-        self.rows = []
-        if metrics_csv.is_file():  # read now: the logger deletes it once the run starts
-            with metrics_csv.open(newline="") as file:
-                self.rows = list(csv.DictReader(file))
+        self.metrics_csv = metrics_csv
+        self.saved = metrics_csv.read_bytes() if metrics_csv.is_file() else b""  # read now: the logger deletes it
+        self.checkpoint_step = 0
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for row in self.rows:
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.checkpoint_step = checkpoint["global_step"]  # loaded before on_fit_start, the trainer's step after it
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for row in csv.DictReader(io.StringIO(self.saved.decode(), newline="")):
             step = int(row.pop("step"))
-            if step < trainer.global_step:
+            if step < self.checkpoint_step:
                 trainer.logger.log_metrics({k: float(v) for k, v in row.items() if v != ""}, step=step)
-        self.rows = []
+        self.saved = b""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self.saved:  # the rows are not back yet
+            self.metrics_csv.write_bytes(self.saved)

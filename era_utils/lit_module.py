@@ -24,9 +24,9 @@ def differences(saved: Mapping, now: Mapping) -> list[str]:
 
 
 class RecipeCheck(L.Callback):
-    """Keeps the training settings that live outside the LightningModule (data order and augmentation, ghost batch
-    norm, the EMA, the logit scale) in the checkpoint, and refuses to resume from one saved with others: the run
-    would go on with another recipe than the one it started with, silently."""
+    """Keeps the training settings that live outside the LightningModule (epochs, batch size, data order and
+    augmentation, ghost batch norm, the EMA, the logit scale) in the checkpoint, and refuses to resume from one
+    saved with others: the run would go on with another recipe than the one it started with, silently."""
 
     def __init__(self, **settings: object) -> None:
         self.settings = settings

@@ -37,8 +37,18 @@ VALID_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "n_misclassified": (lambda v: v >= 0, "0 or more"),
 }
 
-# What a resumed run must share with its checkpoint besides LitClassifier's hyperparameters and OneCycle's length.
-RECIPE_OUTSIDE_THE_MODULE = ("seed", "flip", "ghost_batch_size", "ema_decay", "logit_scale", "per_class")
+# What a resumed run must share with its checkpoint besides LitClassifier's hyperparameters and OneCycle's length
+# (which a changed batch size or epoch count can keep: 40 images make 5 batches of 8 and 5 of 9).
+RECIPE_OUTSIDE_THE_MODULE = (
+    "epochs",
+    "batch_size",
+    "seed",
+    "flip",
+    "ghost_batch_size",
+    "ema_decay",
+    "logit_scale",
+    "per_class",
+)
 
 
 @dataclass

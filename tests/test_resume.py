@@ -1,6 +1,8 @@
 """Resume is exact: a run interrupted mid-epoch and resumed with `resume=True` ends bit for bit where an
 uninterrupted run ends, because the training batches are a function of (seed, epoch, index)."""
 
+import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -112,8 +114,9 @@ def test_a_resumed_run_puts_back_the_rows_before_its_checkpoints_step_and_only_t
     metrics_csv.write_text("epoch,step,train/loss,val/acc,lr\n0,3,,,0.1\n0,4,1.5,0.4,\n,5,,,0.2\n1,9,1.2,0.6,\n")
     keep = KeepLogOnResume(metrics_csv)
     metrics_csv.unlink()  # as the logger does when the resumed run starts
-    trainer = SimpleNamespace(global_step=5, logger=RecordingLogger())
-    keep.on_train_start(trainer, None)
+    trainer = SimpleNamespace(logger=RecordingLogger())
+    keep.on_load_checkpoint(trainer, None, {"global_step": 5})
+    keep.on_fit_start(trainer, None)
     assert trainer.logger.logged == [
         (3, {"lr": 0.1, "epoch": 0.0}),
         (4, {"epoch": 0.0, "train/loss": 1.5, "val/acc": 0.4}),
@@ -164,6 +167,7 @@ def test_resume_takes_the_checkpoints_max_lr_and_does_not_run_the_lr_finder(imag
     [
         ({"epochs": EPOCHS + 1}, "OneCycle steps"),
         ({"batch_size": 4}, "OneCycle steps"),
+        ({"batch_size": 9}, "batch_size: 8 in the checkpoint, 9 now"),  # 40 images: 5 batches of 8, or of 9
         ({"max_lr": 0.02}, f"max_lr: {FIRST_MAX_LR} in the checkpoint, 0.02 now"),
         ({"weight_decay": 0.1}, "weight_decay"),
         ({"label_smoothing": 0.0}, "label_smoothing"),
@@ -176,14 +180,14 @@ def test_resume_takes_the_checkpoints_max_lr_and_does_not_run_the_lr_finder(imag
         ({"logit_scale": 1.0}, "logit_scale"),
     ],
 )
-def test_resume_with_other_settings_is_refused_and_leaves_the_checkpoint_alone(
+def test_resume_with_other_settings_is_refused_and_leaves_the_checkpoint_and_log_alone(
     image_folder, finished_run, change, named
 ):
-    checkpoint = finished_run / "checkpoints" / "last.ckpt"
-    before = checkpoint.read_bytes()
+    checkpoint, log = finished_run / "checkpoints" / "last.ckpt", finished_run / "logs" / "metrics.csv"
+    before = checkpoint.read_bytes(), log.read_bytes()  # the logger deletes the log as the resumed fit sets up
     with pytest.raises(CheckpointMismatchError, match=named):
         _fit(image_folder, finished_run, resume=True, **({"max_lr": FIRST_MAX_LR} | change))
-    assert checkpoint.read_bytes() == before
+    assert (checkpoint.read_bytes(), log.read_bytes()) == before
 
 
 def test_resume_with_other_settings_is_one_clear_line_on_the_command_line(image_folder, finished_run, capsys):
@@ -192,3 +196,19 @@ def test_resume_with_other_settings_is_one_clear_line_on_the_command_line(image_
     assert code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: cannot resume") and "OneCycle steps" in error
+
+
+def test_resuming_a_run_that_ended_its_training_finishes_the_rest_and_keeps_its_log(
+    image_folder, finished_run, tmp_path, capsys
+):
+    """A run killed while testing, reporting or exporting (minutes on a CPU) has its last epoch's checkpoint: the
+    same command with --resume trains nothing, and tests, reports and exports with the whole log."""
+    out = tmp_path / "finished"
+    shutil.copytree(finished_run, out)
+    before = epoch_table(out / "logs" / "metrics.csv")
+    flags = ["--data-dir", str(image_folder), "--out", str(out), "--resume", "--num-workers", "0"]
+    recipe = ["--batch-size", "8", "--epochs", str(EPOCHS), "--ema-decay", "0.9", "--max-lr", str(FIRST_MAX_LR)]
+    assert main([*flags, *recipe, "--precision", "32-true", "--accelerator", "cpu", "--devices", "1"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["max_lr"] == FIRST_MAX_LR
+    pd.testing.assert_frame_equal(epoch_table(out / "logs" / "metrics.csv"), before)
+    assert len(before) == EPOCHS and (out / "images" / "training_curves.png").is_file()
