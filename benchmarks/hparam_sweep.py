@@ -10,11 +10,12 @@ with flip TTA, plus the last epoch's train accuracy (how far the run overfits).
 
 import argparse
 import dataclasses
+import sys
 import time
 import typing
 from pathlib import Path
 
-from results_log import append
+from results_log import append, provenance
 
 from era_utils.train import run
 from era_utils.train_config import TrainConfig
@@ -45,8 +46,8 @@ def parse_variant(spec: str) -> dict[str, float | int]:
 def run_variant(spec: str, args: argparse.Namespace) -> dict:
     overrides = {"max_lr": args.max_lr, "epochs": args.epochs} | parse_variant(spec)
     out = Path(args.out_root) / spec.replace(",", "_").replace("=", "-")
-    # No range test: a sweep's minutes are its training's.
-    cfg = TrainConfig(data_dir=args.data_dir, out=str(out), n_misclassified=10, lr_find_iters=0, **overrides)
+    # No range test: a sweep's minutes are its training's. A variant may set either knob too.
+    cfg = TrainConfig(**(dict(data_dir=args.data_dir, out=str(out), n_misclassified=10, lr_find_iters=0) | overrides))
     start = time.perf_counter()
     result = run(cfg)
     return {
@@ -59,7 +60,7 @@ def run_variant(spec: str, args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("variants", nargs="+", help='"baseline" or overrides such as weight_decay=0.2,max_lr=0.02')
     p.add_argument("--data-dir", required=True)
@@ -67,11 +68,13 @@ def main() -> None:
     p.add_argument("--max-lr", type=float, default=TrainConfig.max_lr, help="unless a variant sets max_lr")
     p.add_argument("--out-root", default="runs/sweep")
     p.add_argument("--results", default="runs/sweep/results.jsonl", help="JSON lines are appended here too")
-    args = p.parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
     for spec in args.variants:
         parse_variant(spec)  # every spec is checked before the first (long) run starts
     for spec in args.variants:
-        append(Path(args.results), run_variant(spec, args))
+        source = provenance("hparam_sweep.py", argv)  # the code and machine as the variant starts
+        append(Path(args.results), source | run_variant(spec, args))
 
 
 if __name__ == "__main__":

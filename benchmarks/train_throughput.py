@@ -35,7 +35,9 @@ def bare_loop(dm: CIFAR10DataModule, steps: int, warmup: int, bf16: bool) -> flo
     torch.manual_seed(0)
     net = CustomResNet(NUM_CLASSES, logit_scale=TrainConfig.logit_scale).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=TrainConfig.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.01, total_steps=steps + warmup + 1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=TrainConfig.max_lr, total_steps=steps + warmup + 1
+    )
     criterion = nn.CrossEntropyLoss(label_smoothing=TrainConfig.label_smoothing)
     seen, start = 0, 0.0
     for i, (images, labels) in enumerate(dm.train_dataloader()):
@@ -73,7 +75,9 @@ def lightning_pipeline(dm: CIFAR10DataModule, steps: int, warmup: int, precision
     """Images/s of `Trainer.fit` with the project's LightningModule; data loading included."""
     torch.manual_seed(0)
     timer = StepTimer(warmup)
-    lit = LitClassifier(CustomResNet(NUM_CLASSES, logit_scale=TrainConfig.logit_scale), NUM_CLASSES, max_lr=0.01)
+    lit = LitClassifier(
+        CustomResNet(NUM_CLASSES, logit_scale=TrainConfig.logit_scale), NUM_CLASSES, max_lr=TrainConfig.max_lr
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,

@@ -37,7 +37,7 @@ def default_precision(cfg: TrainConfig) -> str:
     """fp16 mixed precision on GPU; bf16 autocast on a CPU that runs it fast, else fp32."""
     if cfg.precision:
         if cfg.precision.startswith("bf16") and not uses_gpu(cfg) and not cpu_has_fast_bf16():
-            rank_zero_warn(f"--precision {cfg.precision}: this CPU runs bf16 about 12x slower than fp32 (32-true)")
+            rank_zero_warn(f"--precision {cfg.precision}: this CPU runs bf16 about 13x slower than fp32 (32-true)")
         return cfg.precision
     if uses_gpu(cfg):
         return "16-mixed"

@@ -80,3 +80,15 @@ def test_app_latency_records_the_handlers_and_the_goals(bench, repo, tmp_path):
     one = server["methods"]["Grad-CAM"]["one_heatmap"]
     assert 0 < one["p50_ms"] <= one["p95_ms"] <= server["methods"]["Grad-CAM"]["ten_heatmaps"]["p95_ms"]
     assert "load" not in line and "client_side" not in line
+
+
+def test_hparam_sweep_records_each_variant_with_its_overrides(bench, repo, image_folder, tmp_path):
+    results = tmp_path / "sweep.jsonl"
+    argv = ["--data-dir", str(image_folder), "--epochs", "1", "--out-root", str(tmp_path / "sweep")]
+    argv += ["--results", str(results), "batch_size=8,num_workers=0,n_misclassified=2"]
+    bench("hparam_sweep").main(argv)
+    line = only_line(results)
+    assert_provenance(line, repo, "hparam_sweep.py", argv)
+    assert line["variant"] == argv[-1] and (line["epochs"], line["batch_size"], line["n_misclassified"]) == (1, 8, 2)
+    assert 0 <= line["test_acc"] <= 1 and 0 <= line["test_acc_tta"] <= 1 and line["minutes"] >= 0
+    assert len(list((tmp_path / "sweep" / argv[-1].replace(",", "_").replace("=", "-")).rglob("*.png"))) > 2
