@@ -54,6 +54,16 @@ def gradcam_overlays(
     return np.stack([blend(photo, mask, opacity) for photo, mask in zip(photos, masks, strict=True)])
 
 
+def explained_classes(net: CustomResNet, images: torch.Tensor, target_classes: Sequence[int] | None) -> str:
+    """What the heatmaps explain, for a figure's title: the prediction, unless `target_classes` differ from it."""
+    if target_classes is None:
+        return "the predicted class"
+    net.eval()
+    with torch.no_grad():
+        predicted = net(images.float().to(next(net.parameters()).device)).argmax(1).tolist()
+    return "the predicted class" if predicted == [int(c) for c in target_classes] else "the given classes"
+
+
 def gradcam_grid(
     net: CustomResNet,
     images: torch.Tensor,
@@ -69,5 +79,6 @@ def gradcam_grid(
     layer_captions = [f"{layer} ({GRADCAM_LAYERS[layer]}×{GRADCAM_LAYERS[layer]})" for layer in layers]
     cells = np.concatenate([photos, *overlays])
     cell_captions = list(captions) + [name for name in layer_captions for _ in range(len(images))]
-    title = f"Grad-CAM of the predicted class, heatmap opacity {opacity:g}: photo, then one row per layer"
+    title = f"Grad-CAM of {explained_classes(net, images, target_classes)}, heatmap opacity {opacity:g}: photo, then "
+    title += "one row per layer"
     return image_grid(cells, cell_captions, path, ncols=len(images), title=title)

@@ -699,6 +699,21 @@ def test_misclassified_heatmaps_of_the_predicted_then_the_true_class(sp: space.S
             assert near(panel, want), (i, sp.clf.classes[c])
 
 
+def test_misclassified_heatmaps_are_the_methods_asked_for_one_after_the_other(sp: space.SpaceApp) -> None:
+    """The cached heatmaps belong to one layer and one method: a second method at the same layer gets its own,
+    not the first one's."""
+    side = sp.clf.image_size * inference.DISPLAY_SCALE
+    photo, pred = sp.store.images[0], int(sp.store.preds[0])
+    wanted = {
+        m: inference.overlay(photo, library_masks(sp, photo[None], [pred], "layer1", m)[0], 1.0)
+        for m in ("Grad-CAM", "EigenCAM")
+    }
+    assert not near(*wanted.values())  # the two methods draw different heatmaps
+    for method, want in wanted.items():
+        (image, _), *_ = ui(sp.misclassified)(True, 2, True, "layer1", 1.0, method)
+        assert near(image[:, side + space.GAP : 2 * side + space.GAP], want), method
+
+
 def test_misclassified_store_is_one_compact_file() -> None:
     with np.load(APP_DIR / "misclassified.npz", allow_pickle=False) as data:
         assert data["images"].dtype == np.uint8 and data["images"].ndim == 4

@@ -10,7 +10,9 @@ from PIL import Image
 
 from era_utils import data
 from era_utils.config import CLASS_NAMES
-from era_utils.data import ArrayDataset, CIFAR10DataModule, DataError, Split, load_split
+from era_utils.data import ArrayDataset, CIFAR10DataModule, DataError, EpochShuffle, Split, load_split
+from era_utils.train import build_datamodule
+from era_utils.train_config import TrainConfig
 from era_utils.transforms import train_transforms
 
 
@@ -32,6 +34,16 @@ def test_loaders_yield_normalized_batches(image_folder):
     assert sum(len(y) for _, y in dm.test_dataloader()) == 30
 
 
+def test_per_class_subset_is_the_first_images_of_each_class_in_their_order():
+    """README: the first `per_class` images of every class, kept in the split's order (torchvision's splits mix the
+    classes). The images are numbered by their value, so each one kept is named."""
+    labels = np.array([3, 0, 3, 1, 0, 3, 1, 0, 3, 0], dtype=np.int64)
+    images = np.arange(len(labels), dtype=np.uint8)[:, None, None, None] * np.ones((1, 32, 32, 3), dtype=np.uint8)
+    kept = Split(images, labels).take_per_class(2)
+    assert kept.images[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 6]
+    assert kept.labels.tolist() == [3, 0, 3, 1, 0, 1]
+
+
 def test_per_class_subset_keeps_every_class(image_folder):
     dm = CIFAR10DataModule(image_folder, per_class=2, num_workers=0)
     dm.setup()
@@ -47,6 +59,18 @@ def test_wrong_layout_lists_the_missing_class_folders(tmp_path):
     (tmp_path / "train" / "cat").mkdir(parents=True)
     with pytest.raises(DataError, match="airplane"):
         load_split("train", tmp_path)
+
+
+def test_image_files_are_read_whatever_the_case_of_their_suffix(image_folder, tmp_path):
+    """Cameras and Windows tools write IMG_0001.JPG: an image left out for its upper-case suffix would shrink the split
+    silently."""
+    root = shutil.copytree(image_folder, tmp_path / "data")
+    cat = root / "test" / "cat"
+    (cat / "0000.png").rename(cat / "0000.PNG")
+    Image.open(cat / "0001.png").save(cat / "0001.JPEG", quality=100)
+    (cat / "0001.png").unlink()
+    split = load_split("test", root)
+    assert len(split.labels) == 30 and (split.labels == 3).sum() == 3
 
 
 def test_an_unreadable_file_in_the_folder_is_named(image_folder, tmp_path):
@@ -126,6 +150,48 @@ def test_augmentation_is_drawn_anew_each_epoch_and_repeats_for_the_same_epoch():
     for i in range(16):
         assert torch.equal(dataset[(i, 1)][0], dataset[(i, 1)][0]), f"image {i} of epoch 1 is not reproducible"
     assert torch.equal(dataset[3][0], dataset[(3, 0)][0]), "a plain index is not epoch 0"
+
+
+def test_each_image_of_an_epoch_gets_its_own_augmentation():
+    """Draws seeded by the image's index too: seeded by (seed, epoch) alone, every image of an epoch would get the same
+    crop and the same cutout. Sixteen copies of one image here, so any difference is the augmentation's."""
+    image = np.random.default_rng(4).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    split = Split(np.repeat(image, 16, axis=0), np.zeros(16, dtype=np.int64))
+    dataset = ArrayDataset(split, train_transforms(), seed=0)
+    outputs = [dataset[(i, 2)][0] for i in range(16)]
+    distinct = {tuple(x.flatten()[::97].tolist()) for x in outputs}
+    assert len(distinct) >= 14, f"16 copies of one image got only {len(distinct)} distinct augmentations"
+
+
+def test_the_training_order_follows_the_seed_and_the_epoch():
+    """README: the order is a function of (seed, epoch). A sampler seeded by the epoch alone would shuffle every
+    run, whatever its seed, the same way."""
+    orders = {(seed, epoch): [] for seed in (1, 2) for epoch in (0, 1)}
+    for (seed, epoch), order in orders.items():
+        sampler = EpochShuffle(50, seed)
+        sampler.set_epoch(epoch)
+        order += [index for index, key_epoch in sampler if key_epoch == epoch]
+        assert sorted(order) == list(range(50))
+    assert orders[1, 0] != orders[2, 0] and orders[1, 1] != orders[2, 1]
+    assert orders[1, 0] != orders[1, 1]
+    again = EpochShuffle(50, 1)
+    again.set_epoch(1)
+    assert [index for index, _ in again] == orders[1, 1]
+
+
+def test_the_runs_seed_reaches_the_training_data(image_folder, tmp_path):
+    """TrainConfig's seed sets the data module's order and augmentation: built without it, every run would draw the
+    data module's default seed's batches."""
+
+    def first_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = TrainConfig(data_dir=str(image_folder), out=str(tmp_path), batch_size=40, num_workers=0, seed=seed)
+        return next(iter(build_datamodule(cfg).train_dataloader()))
+
+    (images, labels), (same_images, same_labels) = first_batch(1), first_batch(1)
+    assert torch.equal(images, same_images) and torch.equal(labels, same_labels)
+    for other in (0, 2):
+        other_images, other_labels = first_batch(other)
+        assert not torch.equal(labels, other_labels), f"seeds 1 and {other} train in the same order"
 
 
 @pytest.mark.parametrize("data_dir", ["does/not/exist", "era_utils"])

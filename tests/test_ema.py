@@ -3,10 +3,13 @@ step, and it is what validation, the end of training and the export use. Reads t
 
 import pytest
 import torch
+from learning_helpers import Recorder, cpu_config
 from safetensors.torch import load_file
+from torch import nn
 
+from era_utils.config import NUM_CLASSES
 from era_utils.export import export_model
-from era_utils.train import ema_with_warmup
+from era_utils.train import build_datamodule, ema_with_warmup, fit
 
 
 def _net_part(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -57,3 +60,16 @@ def test_one_update_uses_decay_min_of_the_cap_and_the_warm_up(n):
     ema, current = torch.zeros(3), torch.ones(3)
     decay = min(0.995, (1 + n) / (10 + n))  # the warm-up reaches the cap at n = 1790
     assert update(ema, current, torch.tensor(n)) == pytest.approx(torch.full((3,), 1 - decay), rel=1e-6)
+
+
+def test_a_decay_other_than_the_default_is_the_one_the_average_follows(image_folder, tmp_path):
+    """The shared fit runs the default 0.995, where an averaging callback built with the default instead of the
+    configured decay would pass unseen. At 0.2 the cap takes over from the warm-up from the third update on (n = 2)."""
+    cfg = cpu_config(image_folder, tmp_path, epochs=2, batch_size=8, ema_decay=0.2)
+    configured, default = Recorder(cfg.ema_decay), Recorder(0.995)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, NUM_CLASSES))  # a small network: the rule is the point
+    fit(cfg, net, build_datamodule(cfg), cfg.max_lr, extra_callbacks=[configured, default])
+    assert configured.updates == 10  # 40 training images in batches of 8, two epochs
+    assert max(configured.step_gaps) < 1e-6
+    assert max(default.step_gaps) > 1e-3  # the default's average is told apart

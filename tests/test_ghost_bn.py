@@ -132,6 +132,20 @@ def test_slices_of_fewer_than_two_images_are_refused(size: int) -> None:
         GhostBatchNorm2d(C, size)
 
 
+def test_conversion_keeps_each_layers_own_settings() -> None:
+    """A converted layer normalises as the layer it replaces: with its eps, and with its momentum (None: a cumulative
+    average), not GhostBatchNorm2d's defaults, which the network's own batch norms happen to share."""
+    net = nn.Sequential(nn.BatchNorm2d(C, eps=0.5, momentum=0.3), nn.BatchNorm2d(C, momentum=None))
+    plain = copy.deepcopy(net)
+    use_ghost_batch_norm(net, K)
+    assert [(m.eps, m.momentum) for m in net] == [(0.5, 0.3), (1e-5, None)]
+    for step in range(2):  # one slice per batch: exactly batch norm, statistics included
+        x = images(K, seed=step)
+        assert torch.equal(net(x), plain(x))
+    for ghost, layer in zip(net, plain, strict=True):
+        assert torch.equal(ghost.running_mean, layer.running_mean) and torch.equal(ghost.running_var, layer.running_var)
+
+
 # ---------------------------------------------------------------------------- a converted network
 
 

@@ -9,10 +9,13 @@ import pytest
 import torch
 from app_helpers import copy_app, load_file_module
 from learning_helpers import SQUARE
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from era_utils import gradcam
 from era_utils.export import export_model
-from era_utils.gradcam import gradcam_masks
-from era_utils.model import CustomResNet
+from era_utils.gradcam import gradcam_masks, gradcam_overlays
+from era_utils.model import GRADCAM_LAYERS, CustomResNet
 
 LAYER = "layer2"  # 8x8: fine enough to resolve an 8-pixel square, deep enough to know the classes
 CHANCE = SQUARE**2 / 32**2  # a peak at a random pixel lands in the square 6.25% of the time
@@ -75,6 +78,38 @@ def test_gradcam_does_not_survive_randomising_the_weights(trained, test_split, t
     masks = gradcam_masks(randomised(trained), images, LAYER, labels.tolist())
     assert hit_rate(masks, squares.test_corners) <= 0.4  # measured 10-17% with seeds 0, 1 and 2
     assert np.abs(true_masks - masks).mean() > 0.1
+
+
+@pytest.mark.parametrize("layer", list(GRADCAM_LAYERS))
+def test_gradcam_is_the_librarys_at_the_module_the_layer_names(trained, test_split, layer):
+    """Each layer's map is the library's GradCAM at the module of that name: "layer1.residual" is the residual block
+    itself, not layer1 around it (both 16x16), and no layer is swapped for another."""
+    images, labels, _ = test_split
+    images, targets = images[:4], ((labels[:4] + 1) % 10).tolist()
+    with GradCAM(model=trained, target_layers=[trained.get_submodule(layer)]) as cam:
+        expected = cam(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets])
+    np.testing.assert_allclose(gradcam_masks(trained, images, layer, targets), expected, atol=1e-5)
+
+
+def test_gradcam_grid_explains_the_classes_it_is_given(trained, test_split, monkeypatch):
+    """The figure's rows of heatmaps are those of the target classes passed (here the next class, which the trained
+    network does not predict), not the prediction's."""
+    images, labels, _ = test_split
+    images, targets = images[:4], ((labels[:4] + 1) % 10).tolist()
+    shown = {}
+    monkeypatch.setattr(
+        gradcam, "image_grid", lambda cells, captions, path, title, **kwargs: shown.update(cells=cells, title=title)
+    )
+    gradcam.gradcam_grid(trained, images, ["a", "b", "c", "d"], [LAYER], targets, opacity=1.0)
+    overlays = np.round(shown["cells"][4:] * 255)
+    assert np.array_equal(overlays, gradcam_overlays(trained, images, LAYER, targets, opacity=1.0))
+    assert not np.array_equal(overlays, gradcam_overlays(trained, images, LAYER, opacity=1.0))
+    assert shown["title"].startswith("Grad-CAM of the given classes")
+    with torch.no_grad():
+        predicted = trained.eval()(images).argmax(1).tolist()  # what the notebook passes
+    for targets in (predicted, None):
+        gradcam.gradcam_grid(trained, images, ["a", "b", "c", "d"], [LAYER], targets, opacity=1.0)
+        assert shown["title"].startswith("Grad-CAM of the predicted class")
 
 
 def test_the_spaces_gradcam_points_at_the_square_too(squares_fit, trained, test_split, squares, tmp_path):

@@ -114,6 +114,59 @@ def test_lr_and_beta1_follow_one_cycle_at_every_step(squares_fit):
     assert max(lrs) == pytest.approx(max_lr) and lrs.index(max(lrs)) == round(pct * total) - 1
 
 
+class StepLog(L.Callback):
+    """Per step: each parameter group's learning rate and beta1, and the step's loss."""
+
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+        self.beta1s: list[list[float]] = []
+        self.losses: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        groups = trainer.optimizers[0].param_groups
+        self.lrs.append([g["lr"] for g in groups])
+        self.beta1s.append([g["betas"][0] for g in groups])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_every_knob_of_the_module_reaches_the_optimizer_the_schedule_and_the_loss():
+    """The shared fit runs the defaults, where a knob taken from TrainConfig instead of the module's own
+    hyperparameters would pass unseen, and so would div_factor swapped with final_div_factor (both 100).
+    Here each has a value of its own, and the schedule, the groups' decay and the first loss must follow it."""
+    knobs = dict(
+        max_lr=0.04, weight_decay=0.02, label_smoothing=0.3, pct_start=0.25, div_factor=10, final_div_factor=1e3
+    )
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(40, 3, 32, 32, generator=g), torch.randint(0, NUM_CLASSES, (40,), generator=g)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, NUM_CLASSES))
+    with torch.no_grad():
+        first_logits = net(images[:4])  # the first batch (the loader does not shuffle), before any step
+    log = StepLog()
+    lit = LitClassifier(net, NUM_CLASSES, **knobs)
+    cpu_trainer(max_epochs=2, callbacks=[log], limit_val_batches=0).fit(
+        lit, DataLoader(TensorDataset(images, labels), 4)
+    )
+    total, max_lr = 20, knobs["max_lr"]
+    assert len(log.lrs) == total
+    low_start, low_end = max_lr / knobs["div_factor"], max_lr / (knobs["div_factor"] * knobs["final_div_factor"])
+    for step, (lrs, beta1s) in enumerate(zip(log.lrs, log.beta1s, strict=True)):
+        lr = one_cycle(step, total, max_lr, low_start, low_end, knobs["pct_start"])
+        beta1 = one_cycle(step, total, BETA1_LOW, BETA1_HIGH, BETA1_HIGH, knobs["pct_start"])
+        assert lrs == pytest.approx([lr] * 2, rel=1e-9), f"step {step}"
+        assert beta1s == pytest.approx([beta1] * 2, rel=1e-9), f"step {step}"
+    assert log.lrs[-1][0] == pytest.approx(4e-6) and log.lrs[0][0] == pytest.approx(4e-3)
+    # The linear layer's weight is decayed with the module's weight decay, its bias not at all.
+    (optimizer,) = lit.trainer.optimizers
+    decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert decay_of == {id(net[1].weight): knobs["weight_decay"], id(net[1].bias): 0.0}
+    expected = F.cross_entropy(first_logits, labels[:4], label_smoothing=knobs["label_smoothing"]).item()
+    assert log.losses[0] == pytest.approx(expected, rel=1e-5)
+    assert F.cross_entropy(first_logits, labels[:4], label_smoothing=0.1).item() != pytest.approx(expected, rel=1e-3)
+
+
 def test_batch_norm_parameters_and_biases_are_not_decayed_and_weights_are(squares_fit):
     (optimizer,) = squares_fit.trainer.optimizers
     assert isinstance(optimizer, torch.optim.AdamW)  # decoupled weight decay

@@ -44,6 +44,14 @@ def test_gradcam_layers_exist_and_have_the_stated_resolution():
     assert sizes == GRADCAM_LAYERS
 
 
+def test_gradcam_layer_is_the_module_of_that_name():
+    """ "layer1.residual" is the residual block, not layer1 around it (both 16x16, so the resolution check above
+    cannot tell them apart)."""
+    net = CustomResNet(NUM_CLASSES)
+    for name in GRADCAM_LAYERS:
+        assert gradcam_layer(net, name) is net.get_submodule(name), name
+
+
 def test_unknown_gradcam_layer_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="layer3.residual"):
         gradcam_layer(CustomResNet(NUM_CLASSES), "layer9")

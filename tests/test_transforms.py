@@ -38,6 +38,15 @@ def test_train_pipeline_crops_back_to_32_and_cuts_out_one_8x8_hole():
     assert rows.max() - rows.min() < CUTOUT_SIZE and cols.max() - cols.min() < CUTOUT_SIZE
 
 
+def test_test_pipeline_is_the_normalization_alone_every_time():
+    """README: test images are only normalized. No flip, crop or cutout may slip in, even at random: the output is
+    (image / 255 - mean) / std in CHW, on every call."""
+    image = np.random.default_rng(5).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    expected = ((image / 255.0 - np.asarray(CIFAR_MEAN)) / np.asarray(CIFAR_STD)).transpose(2, 0, 1)
+    for _ in range(8):
+        np.testing.assert_allclose(eval_transforms()(image=image)["image"].numpy(), expected, atol=1e-5)
+
+
 def test_train_pipeline_is_random_and_test_pipeline_is_not():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
