@@ -96,10 +96,13 @@ def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch
     (TensorFlow's ExponentialMovingAverage rule with `num_updates`).
 
     Without the ramp a short run exports mostly its random initial weights: 0.995 ** 98 = 61% after one epoch.
+    Integer buffers (batch norm's step counters) are not averaged but follow the model: a mean would be truncated.
     """
 
     @torch.no_grad()
     def update(ema: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        if not ema.is_floating_point():
+            return current
         n = float(num_averaged)
         step_decay = min(decay, (1 + n) / (10 + n))
         return step_decay * ema + (1 - step_decay) * current

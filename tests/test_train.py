@@ -316,6 +316,12 @@ def test_ema_decay_ramps_up_from_the_first_updates_to_the_configured_decay():
     assert ema.item() > 0.99  # without the ramp: 1 - 0.995 ** 98 = 0.39
 
 
+def test_batch_norms_step_counters_follow_the_model_rather_than_a_truncated_mean():
+    update = ema_with_warmup(0.995)
+    counter = update(torch.tensor(2000), torch.tensor(2352), torch.tensor(2351))
+    assert counter.dtype == torch.int64 and counter.item() == 2352
+
+
 def _flat_weights(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in module.parameters()]).clone()
 
