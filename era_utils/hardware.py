@@ -75,6 +75,6 @@ def check_hardware_settings(cfg: TrainConfig) -> int:
     if probe.world_size > 1 and cfg.max_lr is None and not cfg.resume:
         raise ConfigError(
             f"--max-lr finder cannot train {probe.world_size} processes: each would run its own LR finder and "
-            "could train with another max LR; give a number (the committed recipe's: 0.01)"
+            f"could train with another max LR; give a number (the recipe's: {TrainConfig.max_lr:g})"
         )
     return probe.world_size

@@ -5,7 +5,6 @@ python -m era_utils.train --data-dir ../shared/data/cifar10-jpeg --epochs 24 --o
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from era_utils.model import CustomResNet
 from era_utils.train_config import (
     FAST_DEV_LR_FIND_ITERS,
     RECIPE_OUTSIDE_THE_MODULE,
+    VALID_RANGES,
     ConfigError,
     TrainConfig,
 )
@@ -241,12 +241,13 @@ def max_lr_arg(text: str) -> float | None:
     """`--max-lr`: a positive number, or "finder" (None) for the LR finder's suggestion."""
     if text == "finder":
         return None
+    valid, must_be = VALID_RANGES["max_lr"]
     try:
         value = float(text)
     except ValueError:
-        value = 0.0
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"max_lr must be a positive number or 'finder', got {text}")
+        value = None
+    if value is None or not valid(value):
+        raise argparse.ArgumentTypeError(f"max_lr must be {must_be}, or 'finder', got {text}")
     return value
 
 
