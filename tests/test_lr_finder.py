@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from learning_helpers import cpu_config
 from torch.utils.data import DataLoader
 
 from era_utils import lr_finder, train
@@ -167,17 +168,13 @@ def test_training_lr_finder_uses_the_runs_weight_decay_and_label_smoothing(
     assert kwargs.get("label_smoothing") == 0.15
 
 
-def _finder_config(image_folder, out, **overrides) -> TrainConfig:
-    return TrainConfig(**(dict(data_dir=str(image_folder), out=str(out), num_workers=0, max_lr=0.02) | overrides))
-
-
 def test_a_given_max_lr_is_trained_at_and_the_range_test_still_runs_for_its_plot(
     image_folder, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     """As in the notebook: the plot and the suggestion are shown, and the run trains at the max LR it was given."""
     monkeypatch.setattr(lr_finder, "LRFinder", RecordingFinder)
     RecordingFinder.seen = []
-    cfg = _finder_config(image_folder, tmp_path)
+    cfg = cpu_config(image_folder, tmp_path, max_lr=0.02)
     assert train.choose_max_lr(cfg, CustomResNet(NUM_CLASSES), build_datamodule(cfg)) == 0.02
     assert len(RecordingFinder.seen) == 1 and RecordingFinder.seen[0].restored
     assert (tmp_path / "images" / "lr_finder.png").stat().st_size > 0
@@ -194,7 +191,7 @@ def test_a_plot_only_range_test_that_diverges_early_leaves_no_stale_plot_and_the
     earlier_plot = tmp_path / "images" / "lr_finder.png"
     earlier_plot.parent.mkdir()
     earlier_plot.write_bytes(b"an earlier run's plot")
-    cfg = _finder_config(image_folder, tmp_path)
+    cfg = cpu_config(image_folder, tmp_path, max_lr=0.02)
     assert train.choose_max_lr(cfg, CustomResNet(NUM_CLASSES), build_datamodule(cfg)) == 0.02
     assert RecordingFinder.seen[0].restored and not earlier_plot.exists()
     assert f"no LR finder plot: the range test's loss diverged after {lr_finder.MIN_BATCHES - 1} batches" in (
@@ -210,7 +207,7 @@ def test_a_plot_only_range_test_that_diverges_early_leaves_no_stale_plot_and_the
 def test_no_range_test_with_lr_find_iters_0_or_several_processes(image_folder, tmp_path, overrides, processes):
     """Several processes would each run it on the same device and write the same plot. (A resume needs none: the
     checkpoint's max LR is asked for here, and there is no checkpoint, so its error shows the finder was skipped.)"""
-    cfg = _finder_config(image_folder, tmp_path, **overrides)
+    cfg = cpu_config(image_folder, tmp_path, **({"max_lr": 0.02} | overrides))
     if cfg.resume:
         with pytest.raises(train.DataError, match="no checkpoint"):
             train.choose_max_lr(cfg, CustomResNet(NUM_CLASSES), build_datamodule(cfg), processes)
