@@ -75,24 +75,40 @@ def max_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
-class Recorder(L.Callback):
-    """Records the recipe as it runs; keeps its own EMA with decay min(decay, (1 + n) / (10 + n)) after n updates.
+class StepLog(L.Callback):
+    """Per training step: each parameter group's LR and beta1 as the step uses them, and the step's loss."""
+
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+        self.beta1s: list[list[float]] = []
+        self.losses: list[float] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        groups = trainer.optimizers[0].param_groups
+        self.lrs.append([g["lr"] for g in groups])
+        self.beta1s.append([g["betas"][0] for g in groups])
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
+        self.losses.append(float(outputs["loss"]))
+
+
+class Recorder(StepLog):
+    """Records the recipe as it runs (StepLog's figures, and more); keeps its own EMA with decay
+    min(decay, (1 + n) / (10 + n)) after n updates.
 
     Listed before the project's callbacks, so each hook here runs before theirs.
     """
 
     def __init__(self, decay: float) -> None:
+        super().__init__()
         self.decay = decay
-        self.lrs: list[list[float]] = []  # per step, per parameter group: the LR the step uses
-        self.beta1s: list[list[float]] = []
         self.ema: dict[str, torch.Tensor] | None = None
         self.updates = 0
         self.step_gaps: list[float] = []  # per step: |the callback's average - this EMA|, both before the step
         self.val_gaps: list[float] = []  # per validation: |the module validated - this EMA|
-        # The last step's batch, network (as the step found it) and loss.
+        # The last step's batch and network (as the step found it).
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.net: torch.nn.Module | None = None
-        self.loss: float | None = None
         self.raw_final: dict[str, torch.Tensor] | None = None
 
     def _update_ema(self, current: dict[str, torch.Tensor]) -> None:
@@ -104,9 +120,7 @@ class Recorder(L.Callback):
         self.updates += 1
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: LitClassifier, batch, batch_idx: int) -> None:
-        groups = trainer.optimizers[0].param_groups
-        self.lrs.append([g["lr"] for g in groups])
-        self.beta1s.append([g["betas"][0] for g in groups])
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         self.batch = (batch[0].clone(), batch[1].clone())
         self.net = copy.deepcopy(pl_module.net)
         if self.ema is not None:
@@ -115,7 +129,7 @@ class Recorder(L.Callback):
             self.step_gaps.append(max_gap(_state(averaging._average_model.module), self.ema))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: LitClassifier, outputs, batch, batch_idx: int) -> None:
-        self.loss = float(outputs["loss"])
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self._update_ema(_state(pl_module))
 
     def on_validation_batch_start(

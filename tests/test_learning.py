@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from learning_helpers import StepLog
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -99,36 +100,25 @@ def one_cycle(step: int, total: int, high: float, low_start: float, low_end: flo
     return high + (low_end - high) * (step - peak) / (total - 1 - peak)
 
 
+def assert_one_cycle_at_every_step(log: StepLog, max_lr: float, low_start: float, low_end: float, pct: float) -> None:
+    """Both parameter groups' LR and beta1 at each logged step are OneCycle's (linear, beta1 cycled inversely)."""
+    total = len(log.lrs)
+    for step, (lrs, beta1s) in enumerate(zip(log.lrs, log.beta1s, strict=True)):
+        lr = one_cycle(step, total, max_lr, low_start, low_end, pct)
+        beta1 = one_cycle(step, total, BETA1_LOW, BETA1_HIGH, BETA1_HIGH, pct)
+        assert lrs == pytest.approx([lr] * 2, rel=1e-9), f"step {step}"
+        assert beta1s == pytest.approx([beta1] * 2, rel=1e-9), f"step {step}"
+
+
 def test_lr_and_beta1_follow_one_cycle_at_every_step(squares_fit):
     cfg, rec = squares_fit.cfg, squares_fit.recorder
     total = cfg.epochs * 8  # 160 training images in batches of 20
     assert len(rec.lrs) == total == squares_fit.trainer.global_step
     max_lr, pct = cfg.max_lr, cfg.pct_start
-    for step, (lrs, beta1s) in enumerate(zip(rec.lrs, rec.beta1s, strict=True)):
-        lr = one_cycle(step, total, max_lr, max_lr / DIV, max_lr / (DIV * FINAL_DIV), pct)
-        beta1 = one_cycle(step, total, BETA1_LOW, BETA1_HIGH, BETA1_HIGH, pct)
-        assert lrs == pytest.approx([lr] * 2, rel=1e-9), f"step {step}"
-        assert beta1s == pytest.approx([beta1] * 2, rel=1e-9), f"step {step}"
+    assert_one_cycle_at_every_step(rec, max_lr, max_lr / DIV, max_lr / (DIV * FINAL_DIV), pct)
     lrs = [lr for lr, _ in rec.lrs]
     assert lrs[0] == pytest.approx(max_lr / 100) and lrs[-1] == pytest.approx(max_lr / 1e4)
     assert max(lrs) == pytest.approx(max_lr) and lrs.index(max(lrs)) == round(pct * total) - 1
-
-
-class StepLog(L.Callback):
-    """Per step: each parameter group's learning rate and beta1, and the step's loss."""
-
-    def __init__(self) -> None:
-        self.lrs: list[list[float]] = []
-        self.beta1s: list[list[float]] = []
-        self.losses: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        groups = trainer.optimizers[0].param_groups
-        self.lrs.append([g["lr"] for g in groups])
-        self.beta1s.append([g["betas"][0] for g in groups])
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.losses.append(float(outputs["loss"]))
 
 
 def test_every_knob_of_the_module_reaches_the_optimizer_the_schedule_and_the_loss():
@@ -152,11 +142,7 @@ def test_every_knob_of_the_module_reaches_the_optimizer_the_schedule_and_the_los
     total, max_lr = 20, knobs["max_lr"]
     assert len(log.lrs) == total
     low_start, low_end = max_lr / knobs["div_factor"], max_lr / (knobs["div_factor"] * knobs["final_div_factor"])
-    for step, (lrs, beta1s) in enumerate(zip(log.lrs, log.beta1s, strict=True)):
-        lr = one_cycle(step, total, max_lr, low_start, low_end, knobs["pct_start"])
-        beta1 = one_cycle(step, total, BETA1_LOW, BETA1_HIGH, BETA1_HIGH, knobs["pct_start"])
-        assert lrs == pytest.approx([lr] * 2, rel=1e-9), f"step {step}"
-        assert beta1s == pytest.approx([beta1] * 2, rel=1e-9), f"step {step}"
+    assert_one_cycle_at_every_step(log, max_lr, low_start, low_end, knobs["pct_start"])
     assert log.lrs[-1][0] == pytest.approx(4e-6) and log.lrs[0][0] == pytest.approx(4e-3)
     # The linear layer's weight is decayed with the module's weight decay, its bias not at all.
     (optimizer,) = lit.trainer.optimizers
@@ -193,7 +179,7 @@ def test_the_training_loss_is_smoothed_cross_entropy_on_scaled_logits(squares_fi
     with torch.no_grad():
         logits = net(images.float()) * cfg.logit_scale
     expected = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing).item()
-    assert rec.loss == pytest.approx(expected, rel=1e-5)
+    assert rec.losses[-1] == pytest.approx(expected, rel=1e-5)
     # The network is confident by then, so the check tells the recipe from its likely slips.
     for slip in (
         F.cross_entropy(logits, labels),
