@@ -93,6 +93,12 @@ def _check_received(path: str, examples_dir: Path) -> None:
         raise InputError("The image must be a file uploaded to this app (gradio_client.handle_file), not a path.")
 
 
+def _clear_if_removed(image: Any) -> tuple[Any, ...]:
+    """The image's outputs (classes, model input, heatmaps) emptied once it is gone; left alone for a new image,
+    whose own events fill them."""
+    return (None, None, []) if image is None else (gr.skip(),) * 3
+
+
 def _side_by_side(panels: list[np.ndarray]) -> np.ndarray:
     """Equal-height uint8 images in a row, GAP white pixels apart."""
     gap = np.full((panels[0].shape[0], GAP, 3), 255, np.uint8)
@@ -578,13 +584,16 @@ class SpaceApp:
                 trigger_mode="always_last",
             )
             # The public API: /predict (image, top_k) -> label, then /explain and /misclassified.
-            # A refused image must not leave the last image's input and heatmaps beside it.
+            # A refused image must not leave the last image's classes, input and heatmaps beside it.
             clear_explanation = dict(fn=lambda: (None, []), outputs=[seen, cam_gallery], api_visibility="private")
-            submit.click(
+            clear_all = dict(fn=lambda: (None, None, []), outputs=[label, seen, cam_gallery], api_visibility="private")
+            classified = submit.click(
                 self._for_request(self.predict), [image, top_k], label, api_name="predict", preprocess=False
-            ).success(
+            )
+            classified.success(
                 self._for_request(self.explain), cam_inputs, [seen, cam_gallery], api_name="explain", preprocess=False
             ).failure(**clear_explanation)
+            classified.failure(**clear_all)
             # Uploading or clicking an example re-runs without a click; so does moving k, without
             # repeating the notes about the image (and without heatmaps, which do not depend on k).
             rank_event = dict(
@@ -601,8 +610,17 @@ class SpaceApp:
             for when_new_image in new_image_events:
                 ranked = when_new_image(self._skip_without_image(self.predict, None), **rank_event)
                 ranked.success(**explain_event)
-                ranked.failure(**clear_explanation)
+                ranked.failure(**clear_all)
             top_k.change(self._skip_without_image(self.rerank, None), **rank_event)
+            # A file over max_file_size is refused in the browser, which empties the image firing only `change`.
+            image.change(
+                _clear_if_removed,
+                image,
+                [label, seen, cam_gallery],
+                queue=False,
+                preprocess=False,
+                api_visibility="private",
+            )
             gr.on(
                 [show_cam.change, n_cams.change, layer.change, opacity.change, method.change, target.change],
                 **explain_event,

@@ -15,6 +15,7 @@ import math
 import re
 import sys
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -404,9 +405,38 @@ def test_unusual_images_are_converted_with_a_warning(sp, tmp_path: Path, warning
         assert np.allclose(x.reshape(-1, 3).mean(0), colour, atol=3), x.reshape(-1, 3).mean(0)
 
 
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_high_bit_depth_is_reduced_within_a_few_bytes_per_pixel(mode: str) -> None:
+    """A 40-megapixel 16-bit grayscale PNG is an ~80 kB upload: reduced to 8 bits in float64, a new array per step,
+    it took ~1 GB and ~4 s. In float32, in place, the values are the same (a float one within a rounding)."""
+    values = np.random.default_rng(0).integers(0, 65536, (1000, 1000))
+    data = {"I;16": values.astype(np.uint16), "I": values.astype(np.int32), "F": (values / 65535).astype(np.float32)}
+    image = Image.fromarray(data[mode])
+    assert image.mode == mode
+    tracemalloc.start()
+    try:
+        out = inference._high_bit_depth_to_8bit(image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * values.size, f"{peak / values.size:.1f} bytes per pixel"  # float64 steps: 29
+    expected = np.round(data[mode].astype(np.float64) * (255.0 if mode == "F" else 1 / 257))
+    assert np.abs(np.asarray(out, np.float64) - expected).max() <= (mode == "F")
+
+
 def _asymmetric(width: int, height: int) -> Image.Image:
     """Noise: every crop differs, so a crop off by a pixel or another filter changes the result."""
     return Image.fromarray(np.random.default_rng(width * 7 + height).integers(0, 256, (height, width, 3), np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_an_opaque_alpha_channel_is_not_called_transparent(tmp_path: Path, mode: str) -> None:
+    """Screenshots, animated WebPs and many exported PNGs carry an alpha channel with every pixel opaque: telling the
+    visitor that "transparent areas were filled with white" would be false. The pixels are kept as they are."""
+    photo = _asymmetric(48, 40).convert(mode[:-1])
+    loaded = inference.open_image(save(photo.convert(mode), tmp_path / "opaque.png"), 32)
+    assert not [note for note in loaded.notes if "alpha" in note], loaded.notes
+    assert np.array_equal(np.asarray(loaded.image), np.asarray(photo.convert("RGB")))
 
 
 @pytest.mark.parametrize("size", [(96, 64), (64, 96), (99, 40), (50, 37), (20, 12), (33, 32)])
@@ -765,6 +795,45 @@ def test_ui_has_the_named_endpoints_and_hidden_controls(sp: space.SpaceApp) -> N
     assert [a.open for a in _blocks(demo, gr.Accordion).values()] == [False]
 
 
+def _image_outputs(demo: gr.Blocks) -> tuple[gr.Label, gr.Image, gr.Gallery]:
+    """What an image's results fill: its top-k classes, the model input and the heatmaps."""
+    return (
+        _blocks(demo, gr.Label)["prediction"],
+        _blocks(demo, gr.Image)["model-input"],
+        _blocks(demo, gr.Gallery)["gradcam-gallery"],
+    )
+
+
+def test_a_refused_image_clears_the_last_images_prediction_input_and_heatmaps(sp: space.SpaceApp) -> None:
+    """A corrupt upload, or Classify with none, must not leave the last image's top-k classes beside it (the
+    prediction's failure cleared only the heatmaps, and Classify's failure was chained to /explain, which then never
+    runs). Every event running predict on an image (upload, example, Classify; not a new k) is followed, on failure,
+    by one emptying all three outputs."""
+    demo = sp.build()
+    label, seen, gallery = _image_outputs(demo)
+    image, top_k = _blocks(demo, gr.Image)["upload"], _blocks(demo, gr.Slider)["top-k"]
+    fns = list(demo.fns.values())
+    predicts = [f for f in fns if f.outputs == [label] and image in f.inputs and top_k._id not in dict(f.targets)]
+    assert len(predicts) == 3  # an upload, an example, Classify
+    for predict in predicts:
+        clears = [f for f in fns if f.trigger_after == predict._id and f.trigger_only_on_failure]
+        assert [set(f.outputs) >= {label, seen, gallery} for f in clears] == [True], predict.targets
+        assert all(value in (None, []) for value in clears[0].fn())
+
+
+def test_an_upload_the_browser_refuses_clears_the_last_images_outputs(sp: space.SpaceApp) -> None:
+    """Gradio refuses a file over max_file_size in the browser: it empties the image and fires only its `change`
+    event, which must take the last image's classes, model input and heatmaps with it (they stayed beside the empty
+    box), and leave them alone when an image arrives (its own events fill them)."""
+    demo = sp.build()
+    outputs = set(_image_outputs(demo))
+    image = _blocks(demo, gr.Image)["upload"]
+    on_change = [f for f in demo.fns.values() if (image._id, "change") in f.targets and set(f.outputs) >= outputs]
+    assert len(on_change) == 1
+    assert all(value in (None, []) for value in on_change[0].fn(None))
+    assert on_change[0].fn({"path": "photo.png"}) == (gr.skip(),) * 3
+
+
 def test_each_method_has_its_one_line_description() -> None:
     lines = [space.method_line(m) for m in LIBRARY_CLASSES]
     assert all(
@@ -1044,14 +1113,15 @@ def test_browser_upload_set_k_and_read_labels(server, sp: space.SpaceApp, tmp_pa
                 """() => [...document.querySelectorAll('.captioned .caption-label')]
                 .map(c => [c.textContent, c.scrollWidth > c.clientWidth || c.scrollHeight > c.clientHeight])"""
             )
-            # A refused upload clears the last image's model input and heatmaps, not to leave them beside it;
+            # A refused upload clears the last image's classes, model input and heatmaps, not to leave them beside it;
             # replacing the horse, it runs once (image.change would run it twice, and say everything twice).
             refused_before = server[2].read_text().count("predict refused")
             (tmp_path / "notes.png").write_text("hello")
             page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "notes.png"))
             page.get_by_text("not an image").first.wait_for(timeout=60_000)
             page.wait_for_function(
-                "!document.querySelector('#model-input img') && !document.querySelector('#gradcam-gallery img')",
+                """() => !document.querySelector('#model-input img') && !document.querySelector('#gradcam-gallery img')
+                && !document.querySelector("#prediction [data-testid$='-confidence-set']")""",
                 timeout=30_000,
             )
             page.wait_for_timeout(3000)
