@@ -29,7 +29,8 @@
 # third line, flip + translation TTA: 91.51% for these weights, measured afterwards with `era_utils.evaluate`),
 # the Grad-CAM overlays' brightness and the `model.json` excerpt. The run was not seeded in effect: the
 # notebook then seeded neither the initialisation nor the data order, although its configuration says
-# `seed=42`; it now does both, so a re-run repeats itself, but not this run.
+# `seed=42`; it now does both, so a re-run on the same CPU repeats itself, but not this run (on a GPU, cuDNN may
+# pick non-deterministic convolution kernels, so two GPU runs can differ slightly).
 
 # %% [markdown]
 # ## Parameters
@@ -59,6 +60,10 @@ REPO_URL = "https://github.com/OWNER/REPO.git"  # this repository on GitHub (use
 # In Colab (choose *Runtime → Change runtime type → GPU* first) this clones the repository, installs its
 # requirements (a minute or two) and works in the clone, so the run's figures, weights and app files land in the
 # repository as they do locally; elsewhere the package is already importable from the repository root.
+# `requirements.txt` accepts any torch 2.x from 2.3 and torchvision from 0.18, so pip keeps Colab's own CUDA builds
+# and adds what Colab lacks (Lightning, torchmetrics, grad-cam, torch-lr-finder). Should Colab ever ask to restart
+# the session after the install, restart and run all again: the clone is reused. Without a GPU the cell stops Run
+# all (24 epochs on Colab's CPU would take many hours), unless `SMOKE = True`.
 
 # %%
 import importlib.util
@@ -83,8 +88,11 @@ if importlib.util.find_spec("era_utils") is None and "google.colab" in sys.modul
     os.chdir("/content/S12")  # so OUT = "." is the repository, as on a local run
     import torch
 
-    if not torch.cuda.is_available():
-        print("No GPU: the 24 epochs would take hours. Runtime > Change runtime type > GPU, then run all again.")
+    if not torch.cuda.is_available() and not SMOKE:
+        raise SystemExit(
+            "No GPU: 24 epochs on Colab's CPU would take many hours. Runtime > Change runtime type > GPU, then run "
+            "all again (or set SMOKE = True to check every cell on the CPU in a few minutes)."
+        )
 
 # %%
 import torch
@@ -196,9 +204,9 @@ history.style.format(
 # Lightning's test loop (autocast precision), then an fp32 pass over the 10,000 test images: plain, with flip
 # test-time augmentation (the mean of the logits of the image and its mirror image), and with airbench's flip +
 # translation TTA (six views: half the flip TTA of the image, half that of the image shifted one pixel up-left and
-# down-right). The fp32 figures are the ones the README, `model.json` and the Space quote; bf16 rounding explains
-# the last digit Lightning's table differs by. The confusion matrix reads by rows (true class) and columns
-# (prediction).
+# down-right). The fp32 figures are the ones the README, `model.json` and the Space quote; autocast rounding (bf16
+# in the committed CPU run, fp16 on a GPU) explains the last digit Lightning's table differs by. The confusion
+# matrix reads by rows (true class) and columns (prediction).
 
 # %%
 trainer.test(lit, datamodule=dm)
@@ -243,6 +251,17 @@ display(Image(filename=cfg.images_dir / "gradcam.png"))
 # safetensors weights and a JSON (classes, mean/std, image size, layers, test accuracy, training config,
 # sha256), one example per class, and the misclassified store, into `space_app/`. To try the app:
 # `pip install -r space_app/requirements.txt && python space_app/app.py`, then open http://127.0.0.1:7860.
+#
+# **In Colab** all of this is in `/content/S12`, which is deleted with the runtime: keep it before you leave.
+# Download it from a new cell: `!cd /content/S12 && zip -qr /content/s12_run.zip space_app images
+# misclassified_images logs`, then `from google.colab import files; files.download("/content/s12_run.zip")`
+# (the notebook itself: *File → Download*). Colab's browser cannot open the app's http://127.0.0.1:7860; run it as
+# `!GRADIO_SHARE=True python space_app/app.py` for a temporary public `gradio.live` link (stop the cell to end it;
+# the install may upgrade packages this session has loaded). To publish this run's model to your Space, upload the
+# folder itself (the README's *Publishing the Space* archives the committed `space_app/`, the old model):
+# `from huggingface_hub import create_repo, notebook_login, upload_folder`, `notebook_login()` (a token with write
+# access), `create_repo("USER/SPACE", repo_type="space", space_sdk="gradio", exist_ok=True)`, then
+# `upload_folder(repo_id="USER/SPACE", repo_type="space", folder_path="space_app", ignore_patterns="**/__pycache__/**")`.
 
 # %%
 weights = export_artifacts(cfg, lit.net, dm, preds, max_lr)

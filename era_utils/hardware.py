@@ -33,9 +33,20 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+def gpu_has_native_bf16() -> bool:
+    """Whether the GPU has bf16 units (NVIDIA's from compute capability 8.0, Ampere, on); older ones, such as
+    Colab's T4 (7.5), run bf16 emulated."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def default_precision(cfg: TrainConfig) -> str:
     """fp16 mixed precision on GPU; bf16 autocast on a CPU that runs it fast, else fp32."""
     if cfg.precision:
+        if cfg.precision.startswith("bf16") and uses_gpu(cfg) and not gpu_has_native_bf16():
+            rank_zero_warn(
+                f"--precision {cfg.precision}: this GPU has no native bf16 (NVIDIA's from compute capability 8.0, "
+                "Ampere; Colab's T4 is 7.5) and runs it emulated: 16-mixed is its fast precision"
+            )
         if cfg.precision.startswith("bf16") and not uses_gpu(cfg) and not cpu_has_fast_bf16():
             rank_zero_warn(f"--precision {cfg.precision}: this CPU runs bf16 about 13x slower than fp32 (32-true)")
         return cfg.precision

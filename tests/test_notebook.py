@@ -60,11 +60,11 @@ def test_run_all_trains_the_max_lr_the_command_line_does(repo):
     assert namespace["MAX_LR"] == TrainConfig().max_lr
 
 
-def test_colab_setup_clones_once_installs_and_works_in_the_clone(repo, tmp_path, monkeypatch, capsys):
+def test_colab_setup_clones_once_installs_and_works_in_the_clone(repo, tmp_path, monkeypatch):
     """In Colab (google.colab loaded, era_utils not installed) the setup cell clones REPO_URL, installs its
     requirements and changes into the clone, so OUT = "." writes there; after a runtime restart it does not clone
     again; a failing step shows its own output; with the placeholder REPO_URL it stops with a message; without a
-    GPU it says how to get one."""
+    GPU it stops Run all and says how to get one, unless it is a smoke run."""
     setup = next(cell for cell in _code_cells(jupytext.read(repo / "S12.py")) if "google.colab" in cell)
     clone = tmp_path / "content" / "S12"
     setup = setup.replace("/content/S12", str(clone))
@@ -83,19 +83,23 @@ def test_colab_setup_clones_once_installs_and_works_in_the_clone(repo, tmp_path,
     monkeypatch.setattr(subprocess, "run", run)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    parameters = {"REPO_URL": "https://github.com/someone/cifar.git", "SMOKE": False}
     for _ in range(2):  # the second time as after a runtime restart
-        exec(setup, {"REPO_URL": "https://github.com/someone/cifar.git"})
+        exec(setup, dict(parameters))
         assert Path.cwd() == clone and sys.path[0] == str(clone)
     assert commands[0] == ["git", "clone", "--depth", "1", "https://github.com/someone/cifar.git", str(clone)]
     install = [sys.executable, "-m", "pip", "install", "-q", "-r", f"{clone}/requirements.txt"]
     assert commands[1:] == [install, install]
-    if not torch.cuda.is_available():
-        assert "No GPU" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="No GPU: .* Runtime > Change runtime type > GPU"):
+        exec(setup, dict(parameters))
+    exec(setup, parameters | {"SMOKE": True})  # a smoke run checks the cells on Colab's CPU
     failing.append(sys.executable)
     with pytest.raises(SystemExit, match="pip install -q failed:\nERROR: no matching distribution"):
-        exec(setup, {"REPO_URL": "https://github.com/someone/cifar.git"})
+        exec(setup, dict(parameters))
     with pytest.raises(SystemExit, match="Set REPO_URL"):
-        exec(setup, {"REPO_URL": "https://github.com/OWNER/REPO.git"})
+        exec(setup, parameters | {"REPO_URL": "https://github.com/OWNER/REPO.git"})
 
 
 @dataclass

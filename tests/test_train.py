@@ -1,21 +1,26 @@
 import json
 import subprocess
 import sys
+import warnings
 from dataclasses import asdict
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from torch.optim.swa_utils import AveragedModel
 
 from era_utils import hardware
 from era_utils.artifacts import save_samples
 from era_utils.data import load_split
 from era_utils.export import load_model
 from era_utils.ghost_bn import GhostBatchNorm2d
+from era_utils.lit_module import LitClassifier
 from era_utils.misclassified import parse_file_name
 from era_utils.model import CustomResNet
-from era_utils.train import build_datamodule, build_net, ema_with_warmup, fit, main, parse_args
+from era_utils.train import build_datamodule, build_net, build_trainer, ema_with_warmup, fit, main, parse_args
 from era_utils.train_config import ConfigError, TrainConfig
 from era_utils.transforms import eval_transforms
 
@@ -209,6 +214,27 @@ def test_asking_for_bf16_on_a_cpu_without_fast_bf16_warns(image_folder, tmp_path
     assert precision == "bf16-mixed"  # warned, but what was asked for
 
 
+@pytest.mark.parametrize(("native", "warned"), [(False, True), (True, False)], ids=["T4", "Ampere"])
+def test_asking_for_bf16_on_a_gpu_without_native_bf16_warns(image_folder, tmp_path, monkeypatch, native, warned):
+    """Colab's T4 (compute capability 7.5) has no bf16 units: its default is 16-mixed, but OVERRIDES can ask for
+    bf16-mixed, which PyTorch then emulates, as silently as the slow CPU case would be without its warning."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native)
+    auto = dict(accelerator="auto", devices="auto")
+    assert hardware.default_precision(_cfg(image_folder, tmp_path, **auto)) == "16-mixed"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert hardware.default_precision(_cfg(image_folder, tmp_path, **auto, precision="bf16-mixed")) == "bf16-mixed"
+    assert [str(w.message) for w in caught if "bf16" in str(w.message)] == (
+        [
+            "--precision bf16-mixed: this GPU has no native bf16 (NVIDIA's from compute capability 8.0, Ampere; "
+            "Colab's T4 is 7.5) and runs it emulated: 16-mixed is its fast precision"
+        ]
+        if warned
+        else []
+    )
+
+
 def test_two_process_ddp_fast_dev_run(image_folder, tmp_path, repo):
     out = tmp_path / "ddp"
     proc = subprocess.run(
@@ -344,6 +370,27 @@ def test_a_short_run_exports_an_average_of_recent_weights_not_the_initial_ones(i
     averaged = _flat_weights(lit)
     assert not torch.equal(averaged, record.final)  # the average was swapped in
     assert (averaged - record.final).norm() < 0.5 * (record.initial - record.final).norm()
+
+
+def test_the_weight_average_lives_on_the_device_the_module_trains_on(image_folder, tmp_path, monkeypatch):
+    """Lightning makes the EMA's AveragedModel in `setup`, before the strategy moves the module to its device: left
+    there, a GPU run's average stayed in host memory, and every step copied the weights off the GPU and averaged them
+    on the CPU. Shown here without a GPU: the order in a real fit, then the meta device standing in for the GPU."""
+    events = []
+    made, moved = AveragedModel.__init__, SingleDeviceStrategy.model_to_device
+    monkeypatch.setattr(
+        AveragedModel, "__init__", lambda self, *a, **k: events.append("average") or made(self, *a, **k)
+    )
+    monkeypatch.setattr(SingleDeviceStrategy, "model_to_device", lambda self: events.append("move") or moved(self))
+    cfg = _cfg(image_folder, tmp_path, fast_dev_run=True)
+    fit(cfg, build_net(cfg), build_datamodule(cfg), cfg.max_lr)
+    assert events == ["average", "move"]
+    (averaging,) = [cb for cb in build_trainer(cfg).callbacks if isinstance(cb, WeightAveraging)]
+    lit = LitClassifier(build_net(cfg), num_classes=10)
+    averaging.setup(None, lit, "fit")
+    lit.to("meta")  # what the strategy's move does to a GPU run's module
+    averaging.on_fit_start(None, lit)
+    assert {t.device.type for t in averaging._average_model.state_dict().values()} == {"meta"}  # and n_averaged
 
 
 def test_sample_grid_draws_from_every_part_of_a_class_sorted_folder(image_folder, tmp_path, monkeypatch):
