@@ -15,6 +15,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -193,6 +194,72 @@ def percent(p: float) -> str:
 def method_line(method: str) -> str:
     """The method's one-line description, for the UI."""
     return f"**{method}**: {METHODS[method].about}" if method in METHODS else ""
+
+
+# ---------------------------------------------------------------------- the UI's components, for wiring events
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    image: gr.Image
+    top_k: gr.Slider
+    submit: gr.Button
+    examples: gr.Examples | None  # None when the Space has no example images
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    label: gr.Label
+    seen: gr.Image  # what the model saw
+
+
+@dataclass(frozen=True)
+class _CamControls:
+    show: gr.Checkbox
+    group: gr.Group  # the controls below, hidden until `show` is ticked
+    method: gr.Dropdown
+    method_about: gr.Markdown
+    target: gr.Dropdown
+    count: gr.Slider
+    layer: gr.Dropdown
+    opacity: gr.Slider
+
+
+@dataclass(frozen=True)
+class _MistakeControls:
+    show: gr.Checkbox
+    count: gr.Slider
+
+
+@dataclass(frozen=True)
+class _Galleries:
+    cams: gr.Gallery
+    legend: gr.Markdown
+    mistakes: gr.Gallery
+
+
+@dataclass(frozen=True)
+class _Ui:
+    inputs: _Inputs
+    outputs: _Outputs
+    cams: _CamControls
+    mistakes: _MistakeControls
+    galleries: _Galleries
+
+    @property
+    def cam_inputs(self) -> list[Any]:
+        """The inputs of `SpaceApp.explain`, in its parameters' order."""
+        cams = self.cams
+        return [self.inputs.image, cams.show, cams.count, cams.layer, cams.opacity, cams.method, cams.target]
+
+    @property
+    def cam_outputs(self) -> list[Any]:
+        return [self.outputs.seen, self.galleries.cams]
+
+    @property
+    def image_outputs(self) -> list[Any]:
+        """Everything shown about the current image."""
+        return [self.outputs.label, *self.cam_outputs]
 
 
 class SpaceApp:
@@ -456,187 +523,254 @@ class SpaceApp:
 
     def build(self) -> gr.Blocks:
         """The Blocks app. Theme and CSS go to launch() in Gradio 6; see `launch_options`."""
+        with gr.Blocks(title="CIFAR-10 ResNet-9: predictions and heatmaps", delete_cache=(3600, 3600)) as demo:
+            gr.Markdown(self.header())
+            with gr.Row():
+                inputs, outputs = self._input_column(), self._output_column()
+            with gr.Row():
+                cams, mistakes = self._cam_column(), self._mistake_column()
+            ui = _Ui(inputs, outputs, cams, mistakes, self._galleries())
+            self._about_model()
+            self._wire_events(ui)
+        # Bounded queue: a flood of requests gets "queue full" instead of growing memory.
+        demo.queue(max_size=64, default_concurrency_limit=2)
+        return demo
+
+    # ------------------------------------------------------------------ UI layout
+
+    def _input_column(self) -> _Inputs:
+        with gr.Column(scale=1):
+            image = gr.Image(
+                type="filepath",
+                image_mode=None,  # the handlers decode (and refuse) uploads themselves
+                sources=["upload", "clipboard"],
+                label="Your image",
+                height=300,
+                elem_id="upload",
+            )
+            top_k = gr.Slider(
+                1,
+                self.clf.max_k,
+                value=min(3, self.clf.max_k),
+                step=1,
+                label="k: how many classes to show",
+                elem_id="top-k",
+            )
+            submit = gr.Button("Classify", variant="primary", elem_id="classify")
+            examples = None
+            if self.examples:
+                examples = gr.Examples(
+                    examples=[[str(p)] for p in self.examples],
+                    inputs=[image],
+                    label="Examples: one test image per class (click one)",
+                    examples_per_page=len(self.examples),
+                )
+        return _Inputs(image, top_k, submit, examples)
+
+    def _output_column(self) -> _Outputs:
+        with gr.Column(scale=1):
+            label = gr.Label(label="Top-k classes", elem_id="prediction")
+            seen = gr.Image(
+                label=f"What the model saw: {self.clf.image_size}×{self.clf.image_size}, enlarged",
+                format="png",
+                interactive=False,
+                height=256,
+                elem_id="model-input",
+            )
+        return _Outputs(label, seen)
+
+    def _cam_column(self) -> _CamControls:
+        """A checkbox, and the heatmap controls it shows."""
+        with gr.Column(scale=1):
+            show = gr.Checkbox(label="Show heatmaps: where the model looked", value=False, elem_id="show-cam")
+            with gr.Group(visible=False) as group:
+                method, method_about, target, count = self._explain_controls()
+                layer = self._layer_dropdown()
+                opacity = gr.Slider(
+                    0.0,
+                    1.0,
+                    value=0.5,
+                    step=0.05,
+                    label="Heatmap opacity: 0 = photo only, 1 = heatmap only",
+                    elem_id="cam-opacity",
+                )
+        return _CamControls(
+            show=show,
+            group=group,
+            method=method,
+            method_about=method_about,
+            target=target,
+            count=count,
+            layer=layer,
+            opacity=opacity,
+        )
+
+    def _layer_dropdown(self) -> gr.Dropdown:
         layers = self.clf.layers
         layer_choices = [(layer_label(name, side), name) for name, side in layers.items()]
         # Default: the deepest layer still at least 8x8, detailed enough to point at parts of the object.
         default_layer = [name for name, side in layers.items() if side >= 8][-1:] or list(layers)[-1:]
+        return gr.Dropdown(
+            choices=layer_choices,
+            value=default_layer[0],
+            label="Layer (its feature-map resolution)",
+            info="Early layers: fine detail, edges. Deep layers: coarse, about the object.",
+            elem_id="cam-layer",
+        )
+
+    def _mistake_column(self) -> _MistakeControls:
+        """A checkbox (disabled without stored mistakes), and how many mistakes to show."""
         n_store = len(self.store)
-
-        with gr.Blocks(title="CIFAR-10 ResNet-9: predictions and heatmaps", delete_cache=(3600, 3600)) as demo:
-            gr.Markdown(self.header())
-            with gr.Row():
-                with gr.Column(scale=1):
-                    image = gr.Image(
-                        type="filepath",
-                        image_mode=None,  # the handlers decode (and refuse) uploads themselves
-                        sources=["upload", "clipboard"],
-                        label="Your image",
-                        height=300,
-                        elem_id="upload",
-                    )
-                    top_k = gr.Slider(
-                        1,
-                        self.clf.max_k,
-                        value=min(3, self.clf.max_k),
-                        step=1,
-                        label="k: how many classes to show",
-                        elem_id="top-k",
-                    )
-                    submit = gr.Button("Classify", variant="primary", elem_id="classify")
-                    examples = None
-                    if self.examples:
-                        examples = gr.Examples(
-                            examples=[[str(p)] for p in self.examples],
-                            inputs=[image],
-                            label="Examples: one test image per class (click one)",
-                            examples_per_page=len(self.examples),
-                        )
-                with gr.Column(scale=1):
-                    label = gr.Label(label="Top-k classes", elem_id="prediction")
-                    seen = gr.Image(
-                        label=f"What the model saw: {self.clf.image_size}×{self.clf.image_size}, enlarged",
-                        format="png",
-                        interactive=False,
-                        height=256,
-                        elem_id="model-input",
-                    )
-            with gr.Row():
-                with gr.Column(scale=1):
-                    show_cam = gr.Checkbox(
-                        label="Show heatmaps: where the model looked", value=False, elem_id="show-cam"
-                    )
-                    with gr.Group(visible=False) as cam_controls:
-                        method, method_about, target, n_cams = self._explain_controls()
-                        layer = gr.Dropdown(
-                            choices=layer_choices,
-                            value=default_layer[0],
-                            label="Layer (its feature-map resolution)",
-                            info="Early layers: fine detail, edges. Deep layers: coarse, about the object.",
-                            elem_id="cam-layer",
-                        )
-                        opacity = gr.Slider(
-                            0.0,
-                            1.0,
-                            value=0.5,
-                            step=0.05,
-                            label="Heatmap opacity: 0 = photo only, 1 = heatmap only",
-                            elem_id="cam-opacity",
-                        )
-                with gr.Column(scale=1):
-                    show_mis = gr.Checkbox(
-                        label="Show misclassified test images",
-                        value=False,
-                        interactive=n_store > 0,
-                        elem_id="show-mistakes",
-                    )
-                    n_mis = gr.Slider(
-                        1,
-                        max(n_store, 1),
-                        value=min(10, max(n_store, 1)),
-                        step=1,
-                        label="How many (the most confident mistakes first)",
-                        visible=False,
-                        elem_id="mistake-count",
-                    )
-            cam_gallery = gr.Gallery(
-                label="Heatmaps, each with its faithfulness check",
+        with gr.Column(scale=1):
+            show = gr.Checkbox(
+                label="Show misclassified test images",
+                value=False,
+                interactive=n_store > 0,
+                elem_id="show-mistakes",
+            )
+            count = gr.Slider(
+                1,
+                max(n_store, 1),
+                value=min(10, max(n_store, 1)),
+                step=1,
+                label="How many (the most confident mistakes first)",
                 visible=False,
-                columns=5,
-                rows=1,  # more rows are added as needed; the default reserves an empty second one
-                format="png",
-                object_fit="contain",
-                elem_id="gradcam-gallery",
-                elem_classes="captioned",
+                elem_id="mistake-count",
             )
-            legend = gr.Markdown(FAITHFULNESS_LEGEND, visible=False, elem_id="faithfulness-legend")
-            mis_gallery = gr.Gallery(
-                label="Misclassified test images: true → predicted (confidence)",
-                visible=False,
-                columns=4,
-                rows=1,  # more rows are added as needed; the default reserves an empty second one
-                format="png",
-                object_fit="contain",  # with heatmaps each item is three times as wide as high
-                elem_id="misclassified-gallery",
-                elem_classes="captioned",
-            )
-            self._about_model()
+        return _MistakeControls(show, count)
 
-            # Controls that only matter when a box is ticked appear when it is ticked.
-            for box, dependents in ((show_cam, [cam_controls, cam_gallery, legend]), (show_mis, [n_mis, mis_gallery])):
-                box.change(
-                    functools.partial(_visible, n=len(dependents)),
-                    box,
-                    dependents,
-                    queue=False,
-                    api_visibility="private",
-                )
-            method.change(lambda m: method_line(m), method, method_about, queue=False, api_visibility="private")
-            # With a class picked, the count of top classes does not apply.
-            target.change(lambda t: gr.update(visible=t == TOP), target, n_cams, queue=False, api_visibility="private")
+    def _galleries(self) -> _Galleries:
+        """The heatmaps with the legend of their faithfulness check, and the mistakes; all hidden at first."""
+        cams = gr.Gallery(
+            label="Heatmaps, each with its faithfulness check",
+            visible=False,
+            columns=5,
+            rows=1,  # more rows are added as needed; the default reserves an empty second one
+            format="png",
+            object_fit="contain",
+            elem_id="gradcam-gallery",
+            elem_classes="captioned",
+        )
+        legend = gr.Markdown(FAITHFULNESS_LEGEND, visible=False, elem_id="faithfulness-legend")
+        mistakes = gr.Gallery(
+            label="Misclassified test images: true → predicted (confidence)",
+            visible=False,
+            columns=4,
+            rows=1,  # more rows are added as needed; the default reserves an empty second one
+            format="png",
+            object_fit="contain",  # with heatmaps each item is three times as wide as high
+            elem_id="misclassified-gallery",
+            elem_classes="captioned",
+        )
+        return _Galleries(cams, legend, mistakes)
 
-            cam_inputs = [image, show_cam, n_cams, layer, opacity, method, target]
-            explain_event = dict(
-                fn=self._skip_without_image(self.explain, (None, [])),
-                inputs=cam_inputs,
-                outputs=[seen, cam_gallery],
-                preprocess=False,
-                api_visibility="private",
-                trigger_mode="always_last",
-            )
-            # The public API: /predict (image, top_k) -> label, then /explain and /misclassified.
-            # A refused image must not leave the last image's classes, input and heatmaps beside it.
-            clear_explanation = dict(fn=lambda: (None, []), outputs=[seen, cam_gallery], api_visibility="private")
-            clear_all = dict(fn=lambda: (None, None, []), outputs=[label, seen, cam_gallery], api_visibility="private")
-            classified = submit.click(
-                self._for_request(self.predict), [image, top_k], label, api_name="predict", preprocess=False
-            )
-            classified.success(
-                self._for_request(self.explain), cam_inputs, [seen, cam_gallery], api_name="explain", preprocess=False
-            ).failure(**clear_explanation)
-            classified.failure(**clear_all)
-            # Uploading or clicking an example re-runs without a click; so does moving k, without
-            # repeating the notes about the image (and without heatmaps, which do not depend on k).
-            rank_event = dict(
-                inputs=[image, top_k],
-                outputs=label,
-                preprocess=False,
-                api_visibility="private",
-                trigger_mode="always_last",
-            )
-            # Not image.change, which fires twice when an upload replaces another: two runs, each note twice.
-            # An example's click loads it into `image` through the Examples' `load_input_event` (an attribute
-            # gr.Examples sets, not in Gradio's docs; the browser test clicks an example), and `.then` runs after it.
-            new_image_events = [image.input, *([examples.load_input_event.then] if examples else [])]
-            for when_new_image in new_image_events:
-                ranked = when_new_image(self._skip_without_image(self.predict, None), **rank_event)
-                ranked.success(**explain_event)
-                ranked.failure(**clear_all)
-            top_k.change(self._skip_without_image(self.rerank, None), **rank_event)
-            # A file over max_file_size is refused in the browser, which empties the image firing only `change`.
-            image.change(
-                _clear_if_removed,
-                image,
-                [label, seen, cam_gallery],
+    # ------------------------------------------------------------------ UI events
+
+    def _wire_events(self, ui: _Ui) -> None:
+        """Every event, in a fixed order: the order of registration sets Gradio's fn ids.
+
+        `explain` and `clear_all` are each one handler shared by several events (so, one concurrency group)."""
+        self._wire_visibility(ui)
+        explain = dict(
+            fn=self._skip_without_image(self.explain, (None, [])),
+            inputs=ui.cam_inputs,
+            outputs=ui.cam_outputs,
+            preprocess=False,
+            api_visibility="private",
+            trigger_mode="always_last",
+        )
+        # A refused image must not leave the last image's classes, input and heatmaps beside it.
+        clear_all = dict(fn=lambda: (None, None, []), outputs=ui.image_outputs, api_visibility="private")
+        self._wire_classify(ui, clear_all)
+        self._wire_new_image_and_k(ui, explain, clear_all)
+        self._wire_removed_image(ui)
+        self._wire_control_changes(ui, explain)
+
+    def _wire_visibility(self, ui: _Ui) -> None:
+        cams, mistakes, galleries = ui.cams, ui.mistakes, ui.galleries
+        # Controls that only matter when a box is ticked appear when it is ticked.
+        for box, dependents in (
+            (cams.show, [cams.group, galleries.cams, galleries.legend]),
+            (mistakes.show, [mistakes.count, galleries.mistakes]),
+        ):
+            box.change(
+                functools.partial(_visible, n=len(dependents)),
+                box,
+                dependents,
                 queue=False,
-                preprocess=False,
                 api_visibility="private",
             )
-            gr.on(
-                [show_cam.change, n_cams.change, layer.change, opacity.change, method.change, target.change],
-                **explain_event,
-            )
-            gr.on(
-                [show_mis.change, n_mis.change, show_cam.change, layer.change, opacity.change, method.change],
-                self._for_visitor(self.misclassified),
-                [show_mis, n_mis, show_cam, layer, opacity, method],
-                mis_gallery,
-                api_name="misclassified",
-                preprocess=False,
-                trigger_mode="always_last",
-            )
-        # Bounded queue: a flood of requests gets "queue full" instead of growing memory.
-        demo.queue(max_size=64, default_concurrency_limit=2)
-        return demo
+        cams.method.change(
+            lambda m: method_line(m), cams.method, cams.method_about, queue=False, api_visibility="private"
+        )
+        # With a class picked, the count of top classes does not apply.
+        cams.target.change(
+            lambda t: gr.update(visible=t == TOP), cams.target, cams.count, queue=False, api_visibility="private"
+        )
+
+    def _wire_classify(self, ui: _Ui, clear_all: dict[str, Any]) -> None:
+        # The public API: /predict (image, top_k) -> label, then /explain and /misclassified.
+        # As with `clear_all`: a refused image must not leave the last image's input and heatmaps beside it.
+        clear_explanation = dict(fn=lambda: (None, []), outputs=ui.cam_outputs, api_visibility="private")
+        classified = ui.inputs.submit.click(
+            self._for_request(self.predict),
+            [ui.inputs.image, ui.inputs.top_k],
+            ui.outputs.label,
+            api_name="predict",
+            preprocess=False,
+        )
+        classified.success(
+            self._for_request(self.explain), ui.cam_inputs, ui.cam_outputs, api_name="explain", preprocess=False
+        ).failure(**clear_explanation)
+        classified.failure(**clear_all)
+
+    def _wire_new_image_and_k(self, ui: _Ui, explain: dict[str, Any], clear_all: dict[str, Any]) -> None:
+        image, top_k, examples = ui.inputs.image, ui.inputs.top_k, ui.inputs.examples
+        # Uploading or clicking an example re-runs without a click; so does moving k, without
+        # repeating the notes about the image (and without heatmaps, which do not depend on k).
+        rank_event = dict(
+            inputs=[image, top_k],
+            outputs=ui.outputs.label,
+            preprocess=False,
+            api_visibility="private",
+            trigger_mode="always_last",
+        )
+        # Not image.change, which fires twice when an upload replaces another: two runs, each note twice.
+        # An example's click loads it into `image` through the Examples' `load_input_event` (an attribute
+        # gr.Examples sets, not in Gradio's docs; the browser test clicks an example), and `.then` runs after it.
+        new_image_events = [image.input, *([examples.load_input_event.then] if examples else [])]
+        for when_new_image in new_image_events:
+            ranked = when_new_image(self._skip_without_image(self.predict, None), **rank_event)
+            ranked.success(**explain)
+            ranked.failure(**clear_all)
+        top_k.change(self._skip_without_image(self.rerank, None), **rank_event)
+
+    def _wire_removed_image(self, ui: _Ui) -> None:
+        # A file over max_file_size is refused in the browser, which empties the image firing only `change`.
+        ui.inputs.image.change(
+            _clear_if_removed,
+            ui.inputs.image,
+            ui.image_outputs,
+            queue=False,
+            preprocess=False,
+            api_visibility="private",
+        )
+
+    def _wire_control_changes(self, ui: _Ui, explain: dict[str, Any]) -> None:
+        """Each heatmap control redraws the heatmaps; each input of /misclassified redraws the mistakes."""
+        cams, mistakes = ui.cams, ui.mistakes
+        heatmap_controls = [cams.show, cams.count, cams.layer, cams.opacity, cams.method, cams.target]
+        gr.on([control.change for control in heatmap_controls], **explain)
+        mistake_inputs = [mistakes.show, mistakes.count, cams.show, cams.layer, cams.opacity, cams.method]
+        gr.on(
+            [control.change for control in mistake_inputs],
+            self._for_visitor(self.misclassified),
+            mistake_inputs,
+            ui.galleries.mistakes,
+            api_name="misclassified",
+            preprocess=False,
+            trigger_mode="always_last",
+        )
 
 
 def launch_options() -> dict[str, Any]:
