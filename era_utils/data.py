@@ -152,8 +152,8 @@ def load_torchvision(root: Path, split: str) -> Split:
         ds = CIFAR10(str(root), train=split == "train", download=True)
     except Exception as err:  # urllib, SSL and checksum errors all mean: no usable download
         raise DataError(
-            f"CIFAR-10 could not be downloaded into {root} ({type(err).__name__}: {err}); without a network, "
-            "pass --data-dir pointing at an image folder with train/<class>/ and test/<class>/"
+            f"CIFAR-10 could not be downloaded into {root} ({type(err).__name__}: {err}); without a network, pass "
+            "--data-dir (the notebook's DATA_DIR) pointing at an image folder with train/<class>/ and test/<class>/"
         ) from err
     return Split(np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64))
 

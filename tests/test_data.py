@@ -2,6 +2,7 @@ import shutil
 import subprocess
 import sys
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,10 +45,13 @@ def test_per_class_subset_is_the_first_images_of_each_class_in_their_order():
     assert kept.labels.tolist() == [3, 0, 3, 1, 0, 1]
 
 
-def test_per_class_subset_keeps_every_class(image_folder):
+def test_per_class_subset_keeps_every_class_in_both_splits(image_folder: Path) -> None:
+    """A smoke run's `per_class` keeps that many images of each class in the test split too: left whole, its
+    validation and reports would take as long as a full run's."""
     dm = CIFAR10DataModule(image_folder, per_class=2, num_workers=0)
     dm.setup()
     assert list(np.bincount(dm.train_split.labels)) == [2] * len(CLASS_NAMES)
+    assert list(np.bincount(dm.test_split.labels)) == [2] * len(CLASS_NAMES)
 
 
 def test_missing_dir_names_the_offline_option(tmp_path):
@@ -81,11 +85,54 @@ def test_an_unreadable_file_in_the_folder_is_named(image_folder, tmp_path):
         load_split("test", root)
 
 
-def test_an_image_of_another_size_in_the_folder_is_named(image_folder, tmp_path):
+@pytest.mark.parametrize("size", [(32, 33), (33, 32)], ids=["tall", "wide"])
+def test_an_image_of_another_size_in_the_folder_is_named(
+    size: tuple[int, int], image_folder: Path, tmp_path: Path
+) -> None:
+    """Too tall or too wide: a check of one side only would let the other through, to fail later in np.stack."""
     root = shutil.copytree(image_folder, tmp_path / "data")
-    Image.new("RGB", (32, 33)).save(root / "test" / "cat" / "tall.png")
-    with pytest.raises(DataError, match="tall.png is 32x33, expected 32x32"):
+    Image.new("RGB", size).save(root / "test" / "cat" / "odd.png")
+    with pytest.raises(DataError, match=f"odd.png is {size[0]}x{size[1]}, expected 32x32"):
         load_split("test", root)
+
+
+def test_grey_and_transparent_images_are_read_as_rgb(image_folder: Path, tmp_path: Path) -> None:
+    """A greyscale or RGBA PNG in the folder is an image like the others: three channels, the grey repeated in each
+    (read as is, it would have one or four channels and break the split's array)."""
+    root = shutil.copytree(image_folder, tmp_path / "data")
+    grey = np.random.default_rng(6).integers(0, 256, (32, 32), dtype=np.uint8)
+    Image.fromarray(grey, mode="L").save(root / "test" / "cat" / "0000.png")
+    Image.open(root / "test" / "dog" / "0000.png").convert("RGBA").save(root / "test" / "dog" / "0000.png")
+    split = load_split("test", root)
+    assert split.images.shape == (30, 32, 32, 3)
+    assert np.array_equal(split.images[split.labels == 3][0], np.repeat(grey[..., None], 3, axis=-1))
+
+
+def test_images_of_a_class_keep_their_file_name_order(image_folder: Path, tmp_path: Path) -> None:
+    """The shared copy's files keep the original split's order (test/cat/0000.jpg is its first cat), which the
+    per-class subsets and the app's examples rely on: the folder's listing order is the file system's, not that.
+    The files are written in a shuffled order and each image's value is its number."""
+    root = shutil.copytree(image_folder, tmp_path / "data")
+    cat = root / "test" / "cat"
+    for old in cat.iterdir():
+        old.unlink()
+    for i in np.random.default_rng(7).permutation(12):
+        Image.new("RGB", (32, 32), (int(i), 0, 0)).save(cat / f"{i:04d}.png")
+    split = load_split("test", root)
+    assert split.images[split.labels == 3][:, 0, 0, 0].tolist() == list(range(12))
+
+
+def test_stray_folders_beside_the_class_folders_do_not_shift_the_labels(image_folder: Path, tmp_path: Path) -> None:
+    """Labels are the classes' places in CLASS_NAMES: a Jupyter checkpoint folder or any other folder beside the
+    classes must not take a label (which listing the folders in name order would give it)."""
+    root = shutil.copytree(image_folder, tmp_path / "data")
+    for stray in (".ipynb_checkpoints", "_unused"):
+        (root / "test" / stray).mkdir()
+        Image.new("RGB", (32, 32)).save(root / "test" / stray / "0000.png")
+    split = load_split("test", root)
+    assert np.bincount(split.labels).tolist() == [3] * len(CLASS_NAMES)
+    cat = np.stack([np.asarray(Image.open(p)) for p in sorted((root / "test" / "cat").iterdir())])
+    assert np.array_equal(split.images[split.labels == 3], cat)
 
 
 def test_class_folders_without_images_are_a_clear_error(tmp_path):
@@ -101,7 +148,7 @@ def test_failed_download_names_the_offline_option(tmp_path, monkeypatch):
         raise urllib.error.URLError("no route to host")
 
     monkeypatch.setattr("torchvision.datasets.CIFAR10.__init__", no_network)
-    with pytest.raises(DataError, match="pass --data-dir"):
+    with pytest.raises(DataError, match=r"pass --data-dir \(the notebook's DATA_DIR\)"):
         data.load_split("train", None, download_root=tmp_path)
 
 

@@ -75,7 +75,7 @@ def test_confusion_counts_rows_are_true_classes_and_columns_predictions() -> Non
     assert matrix[0, 1] == 2 and matrix[1, 2] == 1 and matrix[9, 9] == 1
 
 
-def test_report_holds_single_view_confusion_and_every_views_per_class_accuracies() -> None:
+def test_report_holds_single_view_confusion_and_every_views_accuracies() -> None:
     labels = np.random.default_rng(1).integers(0, NUM_CLASSES, 500)
     preds = random_predictions(labels)
     report = json.loads(json.dumps(preds.report()))  # as model.json stores it
@@ -86,6 +86,9 @@ def test_report_holds_single_view_confusion_and_every_views_per_class_accuracies
     assert report["per_class_tta"] == per_class_by_hand(labels, preds.probs_tta.argmax(1))
     assert report["per_class_tta_translate"] == per_class_by_hand(labels, preds.probs_tta_translate.argmax(1))
     assert list(report["per_class"]) == list(CLASS_NAMES)
+    views = (preds.probs, preds.probs_tta, preds.probs_tta_translate)
+    accuracies = [round(float(np.mean(probs.argmax(1) == labels)), 4) for probs in views]
+    assert [report[f"accuracy{view}"] for view in VIEWS] == accuracies and len(set(accuracies)) == 3
 
 
 def test_training_export_writes_the_full_metrics(image_folder: Path, tmp_path: Path) -> None:
@@ -162,6 +165,14 @@ def _foreign_json(app_dir: Path, tmp_path: Path) -> list[str]:
     return ["--weights", str(app_dir / WEIGHTS_NAME)]
 
 
+def _other_classes(app_dir: Path, tmp_path: Path) -> list[str]:
+    """The JSON names the classes in another order (the weights, and their sha256, are untouched)."""
+    config_path = app_dir / CONFIG_NAME
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps(config | {"classes": config["classes"][::-1]}))
+    return ["--weights", str(app_dir / WEIGHTS_NAME)]
+
+
 def _with_its_sha256(app_dir: Path, write: Callable[[Path], object]) -> list[str]:
     """Weights replaced by what `write` puts there, and the JSON's sha256 updated to match them."""
     weights, config_path = app_dir / WEIGHTS_NAME, app_dir / CONFIG_NAME
@@ -176,6 +187,12 @@ def _text_as_weights(app_dir: Path, tmp_path: Path) -> list[str]:
 
 def _other_tensors(app_dir: Path, tmp_path: Path) -> list[str]:
     return _with_its_sha256(app_dir, lambda path: save_file({"fc.weight": torch.zeros(2, 2)}, str(path)))
+
+
+def _more_classes_tensors(app_dir: Path, tmp_path: Path) -> list[str]:
+    """Every tensor the JSON describes, the last layer's for 11 classes: loaded as is, a size-mismatch traceback."""
+    state = CustomResNet(NUM_CLASSES + 1).state_dict()
+    return _with_its_sha256(app_dir, lambda path: save_file(state, str(path)))
 
 
 def _file_as_data_dir(app_dir: Path, tmp_path: Path) -> list[str]:
@@ -195,8 +212,10 @@ def _no_class_folders(app_dir: Path, tmp_path: Path) -> list[str]:
         (lambda app, tmp: ["--weights", str(app)], f"is a folder; pass the {WEIGHTS_NAME} in it"),
         (_text_as_weights, "is not a safetensors file"),
         (_other_tensors, "tensors missing, 0 unexpected, 1 of another shape"),
+        (_more_classes_tensors, "0 tensors missing, 0 unexpected, 2 of another shape"),
         (_corrupt_json, "is not valid JSON"),
         (_foreign_json, "has no sha256"),
+        (_other_classes, "was trained on classes ['truck'"),
         (lambda app, tmp: ["--weights", str(app / "missing.safetensors")], "side by side"),
         (lambda app, tmp: ["--weights", str(app / WEIGHTS_NAME), "--data-dir", str(tmp / "nowhere")], "does not exist"),
         (_file_as_data_dir, "is a file, not a folder"),
@@ -209,8 +228,10 @@ def _no_class_folders(app_dir: Path, tmp_path: Path) -> list[str]:
         "folder-as-weights",
         "text-with-its-sha256",
         "other-tensors-with-their-sha256",
+        "more-classes-tensors-with-their-sha256",
         "corrupt-json",
         "foreign-json",
+        "other-classes",
         "no-weights",
         "no-data-dir",
         "file-as-data-dir",

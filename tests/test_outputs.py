@@ -2,12 +2,14 @@
 
 import json
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
@@ -18,10 +20,18 @@ from era_utils.evaluate import main as evaluate_main
 from era_utils.export import CONFIG_NAME, export_model, load_model
 from era_utils.gradcam import gradcam_grid, gradcam_masks, gradcam_overlays
 from era_utils.history import epoch_table
-from era_utils.misclassified import confident_mistakes, export_misclassified, parse_file_name, save_store
+from era_utils.misclassified import (
+    caption,
+    confident_mistakes,
+    export_misclassified,
+    file_name,
+    parse_file_name,
+    save_store,
+)
 from era_utils.model import GRADCAM_LAYERS, CustomResNet
 from era_utils.plots import per_class_accuracy
 from era_utils.train_config import TrainConfig
+from era_utils.transforms import MEAN_PIXEL
 
 
 @pytest.fixture
@@ -119,6 +129,38 @@ def test_export_writes_n_named_files_and_a_compact_store(tmp_path):
     assert np.array_equal(store["images"][0], images[4])
     assert list(store["labels"]) == [0, 1, 0] and list(store["preds"]) == [1, 0, 1]
     assert np.allclose(store["confidences"], [0.95, 0.9, 0.7])
+    assert (store["labels"].dtype, store["preds"].dtype, store["confidences"].dtype) == (np.int64, np.int64, np.float32)
+    assert store["classes"].tolist() == list(CLASS_NAMES)  # the app refuses a store whose classes differ
+
+
+def test_captions_and_file_names_say_true_then_predicted_and_the_rounded_percentage() -> None:
+    """`dog → cat (97%)` for a dog taken for a cat with confidence 0.968, in the grid's caption and in the PNG's
+    name alike (a truncated 96 would disagree with the caption)."""
+    assert caption(5, 3, 0.968) == "dog → cat (97%)"
+    assert file_name(7, 5, 3, 0.968) == "07_dog_as_cat_97pct.png"
+    assert parse_file_name("07_dog_as_cat_97pct.png") == (5, 3, 0.97)
+
+
+def test_image_grid_draws_every_image_under_its_own_caption() -> None:
+    """Eleven images in four columns take three rows: none may be left out, or drawn under another's caption."""
+    images = np.random.default_rng(9).integers(0, 256, (11, 32, 32, 3), dtype=np.uint8)
+    captions = [f"image {i}" for i in range(11)]
+    drawn = [ax for ax in plots.image_grid(images, captions, ncols=4).axes if ax.images]
+    assert [ax.get_title() for ax in drawn] == captions
+    assert all(np.array_equal(ax.images[0].get_array(), image) for ax, image in zip(drawn, images, strict=True))
+
+
+def test_sample_grid_shows_training_images_as_augmented(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sample figure shows what the network trains on: each image has its cutout of the mean colour, which the
+    test images, only normalized, never have."""
+    shown = {}
+    monkeypatch.setattr(plots, "image_grid", lambda images, captions, *a, **k: shown.update(images=images))
+    artifacts.save_samples(CIFAR10DataModule(image_folder, num_workers=0), tmp_path / "samples.png", n=8)
+    assert len(shown["images"]) == 8
+    for image in shown["images"]:
+        assert (np.abs(image * 255 - np.asarray(MEAN_PIXEL)) <= 0.5).all(-1).any(), "an image without its cutout"
 
 
 @pytest.mark.parametrize("layer", list(GRADCAM_LAYERS))
@@ -187,11 +229,22 @@ def test_report_figures_read_true_by_row_and_caption_true_then_predicted(
 ):
     """The confusion figure has the true class by row (its cells are the counts in model.json's orientation), and
     the mistakes' grid captions say "true → predicted" for the mistakes the PNG file names list, in their order.
-    Swapped arguments would only mislabel the README's figures, which no other test looks at."""
+    Swapped arguments would only mislabel the README's figures, which no other test looks at. On a fast dev run's
+    subset spread over the split, each PNG and grid image is a test image of the true class its name gives (the
+    split's image at the subset's place, or another mistake's, would not be)."""
     drawn, draw_confusion = {}, plots.confusion
     monkeypatch.setattr(plots, "confusion", lambda *a: drawn.setdefault("confusion", draw_confusion(*a)))
-    monkeypatch.setattr(plots, "image_grid", lambda images, captions, *a, **k: drawn.setdefault("captions", captions))
-    cfg = TrainConfig(data_dir=str(image_folder), out=str(tmp_path), num_workers=0, n_misclassified=8)
+    monkeypatch.setattr(
+        plots, "image_grid", lambda images, captions, *a, **k: drawn.setdefault("grid", (images, captions))
+    )
+    cfg = TrainConfig(
+        data_dir=str(image_folder),
+        out=str(tmp_path),
+        num_workers=0,
+        n_misclassified=8,
+        fast_dev_run=True,
+        batch_size=10,
+    )
     dm = train.build_datamodule(cfg)
     preds, metrics = artifacts.report(cfg, trained_net, dm)
     cells = drawn["confusion"].axes[0].collections[0].get_array().reshape(NUM_CLASSES, NUM_CLASSES)
@@ -199,7 +252,13 @@ def test_report_figures_read_true_by_row_and_caption_true_then_predicted(
     assert np.array_equal(cells.sum(1), np.bincount(preds.labels, minlength=NUM_CLASSES))  # rows: true classes
     files = sorted(p.name for p in (tmp_path / "misclassified_images").glob("*.png"))
     named = [f"{CLASS_NAMES[true]} → {CLASS_NAMES[pred]}" for true, pred, _ in map(parse_file_name, files)]
-    assert len(named) >= 2 and [c.split(" (")[0] for c in drawn["captions"]] == named
+    grid_images, captions = drawn["grid"]
+    assert len(named) >= 2 and [c.split(" (")[0] for c in captions] == named
+    test = dm.test_split
+    for name, image in zip(files, grid_images, strict=True):
+        saved = np.asarray(Image.open(tmp_path / "misclassified_images" / name))
+        assert np.array_equal(saved, image), name
+        assert any(np.array_equal(saved, x) for x in test.images[test.labels == parse_file_name(name)[0]]), name
 
 
 def test_training_curves_plot_each_stage_its_own_loss_and_accuracy_in_percent(tmp_path):

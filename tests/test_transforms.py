@@ -62,6 +62,14 @@ def test_denormalize_inverts_normalize():
     assert np.abs(back * 255 - image).max() < 0.5
 
 
+def test_denormalize_turns_a_batch_back_into_its_nhwc_images() -> None:
+    """The sample grid denormalizes a whole NCHW batch: the channel axis is the third from the end, whatever comes
+    before it (with three images, moving the batch axis instead would keep the shape and scramble the pixels)."""
+    images = np.random.default_rng(8).integers(0, 256, (3, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    batch = np.stack([eval_transforms()(image=image)["image"].numpy() for image in images])
+    assert np.abs(denormalize(batch) * 255 - images).max() < 0.5
+
+
 def _matching_offsets(out: np.ndarray, padded: np.ndarray) -> list[tuple[int, int]]:
     """Offsets (dy, dx) at which `out` (HWC, 0-255) is `padded` cropped there, but for one cutout hole.
 
