@@ -138,11 +138,23 @@ def overrides_of(training: dict) -> dict:
     return {k: v for k, v in training.items() if k in defaults and k not in NOT_OVERRIDES and v != defaults[k]}
 
 
+def retyped(text: str) -> bool:
+    """Whether papermill's -p reads `text` as something else than a string: a constant, or any text float() takes
+    ("2024", "1e-3", "inf", "1_000")."""
+    if text in ("True", "False", "None"):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def cli_parameter(name: str, value: object) -> list[str]:
     """papermill's command-line option for one parameter: -y for dicts, -r for strings -p would retype."""
     if isinstance(value, dict | list):
         return ["-y", json.dumps({name: value})]
-    if isinstance(value, str) and (value in ("True", "False", "None") or re.fullmatch(r"[-+.\deE]+", value)):
+    if isinstance(value, str) and retyped(value):
         return ["-r", name, value]
     return ["-p", name, str(value)]
 

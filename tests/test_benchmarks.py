@@ -34,6 +34,27 @@ def assert_provenance(line: dict, repo, script: str, argv: list[str]) -> None:
     assert line["date"].endswith("Z")
 
 
+def test_a_result_is_appended_to_the_lines_already_there(bench, tmp_path, capsys):
+    """Each measurement adds its line to the results file; the committed lines (the README's sources) stay."""
+    results = tmp_path / "results" / "runs.jsonl"
+    for n in (1, 2):
+        bench("results_log").append(results, {"n": n})
+    assert [json.loads(line) for line in results.read_text().splitlines()] == [{"n": 1}, {"n": 2}]
+
+
+def test_git_dirty_means_a_tracked_file_differs_from_the_commit(bench, tmp_path, monkeypatch):
+    """An untracked file (a new results file, not yet added) leaves a measurement clean; an edited one does not."""
+    results_log = bench("results_log")
+    monkeypatch.setattr(results_log, "REPO", tmp_path)
+    (tmp_path / "code.py").touch()
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        results_log.git(*command)
+    (tmp_path / "new.jsonl").touch()
+    assert results_log.provenance("x.py", [])["git_dirty"] is False
+    (tmp_path / "code.py").write_text("edited\n")
+    assert results_log.provenance("x.py", [])["git_dirty"] is True
+
+
 def test_ghost_bn_speed_records_every_variant(bench, repo, tmp_path):
     results = tmp_path / "ghost.jsonl"
     argv = ["--batch-size", "8", "--ghost-batch-size", "4", "--repeats", "2", "--threads", "1"]

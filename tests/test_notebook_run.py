@@ -3,6 +3,7 @@ the committed run, the papermill command it records, and the README's table of r
 executes the notebook through the runner, records it and ships it is in test_notebook.py.)"""
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -12,6 +13,7 @@ import jupytext
 import nbformat
 import pandas as pd
 import pytest
+import torch
 from app_helpers import load_file_module
 from click.testing import CliRunner
 from papermill.cli import papermill as papermill_cli
@@ -25,16 +27,16 @@ tables = load_file_module(REPO / "scripts", "readme_tables")
 
 
 def test_set_parses_each_value_as_its_fields_type():
-    overrides = runner.parse_overrides(
-        ["weight_decay=0.2", "devices=1", "seed=7", "resume=true", "precision=none", "accelerator=cpu"]
-    )
+    items = "weight_decay=0.2 devices=1 seed=7 resume=true fast_dev_run=True precision=none flip=alternating"
+    overrides = runner.parse_overrides(items.split())
     assert overrides == {
         "weight_decay": 0.2,
         "devices": "1",  # a str field: "1" stays a string, as the notebook's OVERRIDES had it
         "seed": 7,
         "resume": True,
+        "fast_dev_run": True,  # as Python writes it, too
         "precision": None,
-        "accelerator": "cpu",
+        "flip": "alternating",
     }
     assert [type(overrides[k]) for k in ("weight_decay", "seed")] == [float, int]
 
@@ -79,7 +81,7 @@ def test_a_failed_notebook_is_recorded_and_exits_non_zero(tmp_path, monkeypatch,
         raise PapermillExecutionError(3, 3, "dm = build_datamodule(cfg)", "DataError", "no class folders", [])
 
     monkeypatch.setattr(runner.papermill, "execute_notebook", fail)
-    args = run_args(tmp_path, "--set", "weight_decay=0.2")
+    args = run_args(tmp_path, "--set", "weight_decay=0.2", "--set", "flip=alternating")  # as the README writes it
     assert runner.main(args) == 1
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     line = json.loads(lines[0])
@@ -87,11 +89,13 @@ def test_a_failed_notebook_is_recorded_and_exits_non_zero(tmp_path, monkeypatch,
     assert line["status"] == "failed" and line["error"] == "DataError: no class folders"
     # The copy holds none of the committed run's outputs, so nothing of that run leaks into this line.
     assert [line[k] for k in ("accuracy", "minutes", "last_train_acc", "precision")] == [None] * 4
-    assert line["cpu_capability"] and re.fullmatch(r"[0-9a-f]{40}", line["git_commit"])
+    assert line["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and line["cpu_count"] == os.cpu_count()
+    assert re.fullmatch(r"[0-9a-f]{40}", line["git_commit"])
+    assert line["git_dirty"] == bool(runner.git("status", "--porcelain").strip())
     assert line["parameters"] == {
         "DATA_DIR": str(tmp_path.resolve()),
         "MAX_LR": 0.01,
-        "OVERRIDES": {"weight_decay": 0.2},
+        "OVERRIDES": {"weight_decay": 0.2, "flip": "alternating"},
     }
     assert line["runner_command"] == shlex.join(["python", "benchmarks/notebook_run.py", *args])
 
@@ -129,7 +133,9 @@ def test_overrides_are_the_differences_from_the_defaults():
 
 
 def test_the_recorded_papermill_command_sets_the_same_parameters(repo, tmp_path):
-    parameters = {"DATA_DIR": "/data/2024", "SMOKE": True, "MAX_LR": 0.01, "OVERRIDES": {"devices": "1", "x": None}}
+    # A string that papermill's -p would read as a number or a constant ("2024", "inf", "True") stays a string.
+    parameters = {"DATA_DIR": "2024", "OUT": "inf", "LOG": "True", "SMOKE": True, "MAX_LR": 0.01}
+    parameters["OVERRIDES"] = {"devices": "1", "x": None}
     meta = {"input_path": str(repo / "S12.ipynb"), "output_path": str(tmp_path / "p.ipynb"), "parameters": parameters}
     command = runner.papermill_command(meta)
     result = CliRunner().invoke(papermill_cli, [*shlex.split(command)[1:], "--prepare-only"])
@@ -153,6 +159,13 @@ def test_runs_table_shows_every_run_with_a_dash_for_the_unknown(tmp_path):
         "| wd02 | weight_decay=0.2, max LR 0.01 | 42 | 24 | AVX512 | 91.0 | 91.23% | 91.80% | 92.00% | 97.00% | ok |",
         "| ls02 | label_smoothing=0.2, max LR — (LR finder) | — | — | — | — | — | — | — | — | failed |",
     ]
+
+
+def test_runs_table_sorts_the_overrides_and_names_the_finder_only_when_it_ran():
+    """Two runs with the same changes read the same whatever the order of their --set; "(LR finder)" only for a run
+    given no max LR, not for one recorded from a notebook executed by hand (no papermill parameters)."""
+    by_hand = line_of(name="by-hand", status="ok", max_lr=0.01, overrides={"weight_decay": 0.2, "label_smoothing": 0.2})
+    assert tables.run_changes(by_hand) == "label_smoothing=0.2, weight_decay=0.2, max LR 0.01"
 
 
 def test_runs_table_renders_the_committed_results(repo):
@@ -267,6 +280,62 @@ def test_ship_needs_a_single_view_above_the_committed_single_view(tmp_path, run,
     runner.check_shippable(run_dir, committed, force=True)
 
 
+@pytest.mark.parametrize("defect", ["failed", "unfinished", "an artifact missing"])
+def test_ship_refuses_a_run_that_failed_did_not_finish_or_lacks_an_artifact(tmp_path, defect):
+    """Not even --force ships a notebook that stopped (its figures would be missing, or the last run's) or a run
+    without one of the artifacts (the committed run's file would stay beside the new run's)."""
+    committed = finished_run(tmp_path / "repo", {"accuracy": 0.91})
+    run_dir = finished_run(tmp_path / "runs" / "candidate", {"accuracy": 0.99})
+    notebook = json.loads((run_dir / runner.NOTEBOOK).read_text())
+    meta = notebook["metadata"]["papermill"]
+    if defect == "failed":
+        meta["exception"] = True
+    elif defect == "unfinished":
+        del meta["end_time"]
+    else:
+        (run_dir / "logs" / "hparams.yaml").unlink()
+    (run_dir / runner.NOTEBOOK).write_text(json.dumps(notebook))
+    with pytest.raises(SystemExit, match="nothing copied"):
+        runner.check_shippable(run_dir, committed, force=True)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_ship_leaves_exactly_the_runs_artifacts_and_the_apps_screenshot(tmp_path):
+    """After `ship` the artifacts are the run's, byte for byte: a mistake or an example image of the replaced run
+    that the new run did not write again is removed (the README's table of mistakes would show it), and what is not
+    an artifact (the app's screenshot) stays."""
+    committed = finished_run(tmp_path / "repo", {"accuracy": 0.91})
+    run_dir = finished_run(tmp_path / "runs" / "winner", {"accuracy": 0.92})
+    mistakes = {committed: ["01_bird_as_frog_98pct", "02_dog_as_cat_97pct"], run_dir: ["01_cat_as_dog_99pct"]}
+    for root, names in mistakes.items():
+        for name in [*(f"misclassified_images/{m}.png" for m in names), "space_app/examples/cat.png"]:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).touch()
+        for path in root.rglob("*"):
+            if path.suffix in (".png", ".yaml", ".safetensors", ".npz"):
+                path.write_text(f"{root.name}'s")
+    (committed / "images" / "space_app.png").write_text("the app's screenshot")
+    assert runner.main(["ship", "winner", "--runs-root", str(tmp_path / "runs"), "--repo", str(committed)]) == 0
+    assert tree(committed) == tree(run_dir) | {"images/space_app.png": b"the app's screenshot"}
+
+
+def test_the_artifacts_are_every_file_the_committed_run_wrote(repo):
+    """`ship` copies and removes `artifacts`: each plot, mistake and log, and the app's weights, JSON, store and
+    example images. One left out would ship the replaced run's file beside the new run's. Not the app's code, nor its
+    screenshot (scripts/screenshot_app.py makes it)."""
+    tracked = runner.git("ls-files", runner.NOTEBOOK, "images", "logs", "misclassified_images", "space_app", repo=repo)
+    outputs = {
+        name
+        for name in tracked.split()
+        if name != "images/space_app.png"
+        and (not name.startswith("space_app/") or Path(name).suffix in (".safetensors", ".json", ".npz", ".png"))
+    }
+    assert set(runner.artifacts(repo)) == outputs
+
+
 @pytest.mark.parametrize("changed", [("weight_decay", "label_smoothing"), (), "smoke"])
 def test_ship_says_to_make_a_winners_overrides_the_defaults(tmp_path, capsys, changed):
     """A winner trained with OVERRIDES leaves TrainConfig's defaults another recipe than the shipped model's:
@@ -299,6 +368,30 @@ def git_repo(root: Path) -> Path:
     return root
 
 
+def test_a_run_starts_from_the_code_without_the_committed_runs_outputs(tmp_path):
+    """The run's copy holds the repository's files, a module not yet added too, but none of the committed run's
+    artifacts (a mistake left in it would ship as the run's) nor ignored files; its notebook keeps its code, not its
+    outputs or papermill's metadata (a failed run would show the committed run's figures)."""
+    repo = finished_run(tmp_path / "repo", {"accuracy": 0.91})
+    cell = nbformat.v4.new_code_cell("fit()", execution_count=3, outputs=[nbformat.v4.new_output("stream", text="90%")])
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell], metadata={"papermill": {}}), repo / runner.NOTEBOOK)
+    for name in ("misclassified_images/01_cat_as_dog_99pct.png", "space_app/examples/cat.png", "era_utils/model.py"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).touch()
+    (repo / "images" / "space_app.png").touch()
+    (repo / ".gitignore").write_text("checkpoints/\n")
+    git_repo(repo)
+    (repo / "era_utils" / "new.py").touch()
+    (repo / "checkpoints").mkdir()
+    (repo / "checkpoints" / "last.ckpt").touch()
+    runner.copy_repository(repo, tmp_path / "run")
+    copied = {".gitignore", runner.NOTEBOOK, "images/space_app.png", "era_utils/model.py", "era_utils/new.py"}
+    assert set(tree(tmp_path / "run")) == copied
+    notebook = nbformat.read(tmp_path / "run" / runner.NOTEBOOK, as_version=4)
+    assert [(c.source, c.outputs, c.execution_count) for c in notebook.cells] == [("fit()", [], None)]
+    assert "papermill" not in notebook.metadata
+
+
 def test_ship_names_the_files_that_changed_while_the_run_ran(tmp_path, capsys):
     """The run trained the code it copied at its start; a file changed since (someone else's commit, an edit of
     S12.py's code) is not what made the shipped outputs, and an S12.py changed that way fails the pairing test."""
@@ -310,8 +403,9 @@ def test_ship_names_the_files_that_changed_while_the_run_ran(tmp_path, capsys):
             (root / name).write_text("as the run copied it\n")
     git_repo(committed)
     (committed / "era_utils" / "lit_module.py").write_text("changed while the run ran\n")
-    (committed / "benchmarks" / "results").mkdir(parents=True)
-    (committed / "benchmarks" / "results" / "notebook_runs.jsonl").write_text("{}\n")  # the run's own line
+    for root, lines in ((run_dir, "{}\n"), (committed, "{}\n{}\n")):  # the run's own line, appended as it ended
+        (root / "benchmarks" / "results").mkdir(parents=True)
+        (root / "benchmarks" / "results" / "notebook_runs.jsonl").write_text(lines)
     args = ["ship", "winner", "--runs-root", str(tmp_path / "runs"), "--repo", str(committed)]
     assert runner.main(args) == 0
     out = capsys.readouterr().out
@@ -377,6 +471,21 @@ def shipped(tmp_path) -> Path:
     return repo
 
 
+def test_run_figures_of_a_run_under_an_hour_and_its_three_top_mistakes(tmp_path):
+    """On a fast machine a run takes under an hour, which prose writes "42 min"; each of the three most confident
+    mistakes is a figure prose may quote (the first with its confidence alone too)."""
+    nbformat.write(nbformat.v4.new_notebook(metadata={"papermill": {"duration": 2520.0}}), tmp_path / runner.NOTEBOOK)
+    ranks = ["01_bird_as_frog_98pct", "02_dog_as_cat_97pct", "03_ship_as_airplane_96pct", "04_cat_as_dog_95pct"]
+    figures = runner.run_figures(runner.folder_reader(tmp_path), [f"{name}.png" for name in ranks])
+    assert figures["the notebook's duration"] == ({"42 min"}, "")
+    assert [figures.get(f"mistake #{rank}", (None,))[0] for rank in range(1, 5)] == [
+        {"bird → frog (98%)", "98%"},
+        {"dog → cat (97%)"},
+        {"ship → airplane (96%)"},
+        None,
+    ]
+
+
 def test_stale_lists_each_line_that_quotes_the_replaced_run(shipped, capsys):
     """`stale` reads the replaced run's figures from git HEAD and names, file:line, the prose that still quotes
     them: accuracies in every spelling, a class's accuracy where the prose names the class, the log's first and last
@@ -394,6 +503,30 @@ def test_stale_lists_each_line_that_quotes_the_replaced_run(shipped, capsys):
         assert figure in out
     assert "README.md:8" not in out and "README.md:9" not in out, "other figures, or another model's"
     assert "S12.py:" in out and "re-read" in out  # "The committed run's outputs." in the notebook's markdown
+
+
+def test_mistakes_are_listed_in_rank_order_at_a_commit_and_in_the_working_tree(tmp_path):
+    """`stale` takes the replaced run's mistakes from the commit and the new run's from the working tree, each most
+    confident first: mistake #1 of one is compared with mistake #1 of the other."""
+    (tmp_path / "misclassified_images").mkdir()
+    for name in ("02_dog_as_cat_97pct.png", "01_bird_as_frog_98pct.png", "03_cat_as_dog_96pct.png"):
+        (tmp_path / "misclassified_images" / name).touch()
+    git_repo(tmp_path)
+    (tmp_path / "misclassified_images" / "01_bird_as_frog_98pct.png").unlink()
+    assert runner.mistakes_in(tmp_path, "HEAD") == [
+        "01_bird_as_frog_98pct.png",
+        "02_dog_as_cat_97pct.png",
+        "03_cat_as_dog_96pct.png",
+    ]
+    assert runner.mistakes_in(tmp_path) == ["02_dog_as_cat_97pct.png", "03_cat_as_dog_96pct.png"]
+
+
+def test_stale_passes_over_a_figure_the_new_run_has_too(tmp_path):
+    """A figure both runs share (the same first epoch's accuracy) is still true of the shipped run: not stale."""
+    (tmp_path / "README.md").write_text("Single view 90.60%.\nFrom 65.5% after the first epoch.\n")
+    old = {"accuracy, single view": ({"90.60"}, ""), "first val acc": ({"65.5"}, "")}
+    new = {"accuracy, single view": ({"91.20"}, ""), "first val acc": ({"65.5"}, "")}
+    assert runner.stale_figures(tmp_path, old, new) == {"README.md:1": ["90.60 (accuracy, single view)"]}
 
 
 def test_stale_is_clean_once_the_prose_is_the_new_runs(shipped, capsys):
@@ -420,6 +553,19 @@ def test_stale_says_when_the_defaults_or_the_notebooks_markdown_are_not_done(shi
         "TrainConfig's defaults are not the shipped recipe" in out and f"label_smoothing: {default} -> {OLD_LS}" in out
     )
     assert "S12.ipynb's markdown differs from S12.py's in these cells" in out and "markdown cell 1" in out
+
+
+def test_markdown_copies_each_cell_into_the_markdown_cell_of_its_rank(tmp_path, capsys):
+    """S12.py's n-th markdown cell goes into S12.ipynb's n-th markdown cell, whatever code cells come before it."""
+    cells = [nbformat.v4.new_markdown_cell("# S12"), nbformat.v4.new_code_cell("fit()")]
+    notebook = nbformat.v4.new_notebook(cells=[*cells, nbformat.v4.new_markdown_cell("Old figures.")])
+    nbformat.write(notebook, tmp_path / runner.NOTEBOOK)
+    notebook.cells[2].source = "New figures."
+    jupytext.write(notebook, tmp_path / runner.PAIR, fmt="py:percent")
+    assert runner.main(["markdown", "--repo", str(tmp_path)]) == 0
+    assert "markdown cells 2 copied" in capsys.readouterr().out
+    copied = nbformat.read(tmp_path / runner.NOTEBOOK, as_version=4)
+    assert [c.source for c in copied.cells] == ["# S12", "fit()", "New figures."]
 
 
 def test_markdown_copies_s12_py_prose_into_the_notebook_and_keeps_its_outputs_and_timings(repo, tmp_path, capsys):
