@@ -255,9 +255,10 @@ display(Image(filename=cfg.images_dir / "gradcam.png"))
 # **In Colab** all of this is in `/content/S12`, which is deleted with the runtime: keep it before you leave.
 # Download it from a new cell: `!cd /content/S12 && zip -qr /content/s12_run.zip space_app images
 # misclassified_images logs`, then `from google.colab import files; files.download("/content/s12_run.zip")`
-# (the notebook itself: *File → Download*). Colab's browser cannot open the app's http://127.0.0.1:7860; run it as
-# `!GRADIO_SHARE=True python space_app/app.py` for a temporary public `gradio.live` link (stop the cell to end it;
-# the install may upgrade packages this session has loaded). To publish this run's model to your Space, upload the
+# (the notebook itself: *File → Download*). Colab's browser cannot open the app's http://127.0.0.1:7860: install
+# its requirements as above (`!pip install -q -r space_app/requirements.txt`; it may upgrade packages this session
+# has loaded), then run `!GRADIO_SHARE=True python space_app/app.py` for a temporary public `gradio.live` link (stop
+# the cell to end it). To publish this run's model to your Space, upload the
 # folder itself (the README's *Publishing the Space* archives the committed `space_app/`, the old model):
 # `from huggingface_hub import create_repo, notebook_login, upload_folder`, `notebook_login()` (a token with write
 # access), `create_repo("USER/SPACE", repo_type="space", space_sdk="gradio", exist_ok=True)`, then
