@@ -100,6 +100,20 @@ def _clear_if_removed(image: Any) -> tuple[Any, ...]:
     return (None, None, []) if image is None else (gr.skip(),) * 3
 
 
+def _captioned_gallery(label: str, columns: int, elem_id: str) -> gr.Gallery:
+    """A hidden gallery of PNGs shown whole, their captions styled by the CSS's `captioned` class."""
+    return gr.Gallery(
+        label=label,
+        visible=False,
+        columns=columns,
+        rows=1,  # more rows are added as needed; the default reserves an empty second one
+        format="png",
+        object_fit="contain",
+        elem_id=elem_id,
+        elem_classes="captioned",
+    )
+
+
 def _side_by_side(panels: list[np.ndarray]) -> np.ndarray:
     """Equal-height uint8 images in a row, GAP white pixels apart."""
     gap = np.full((panels[0].shape[0], GAP, 3), 255, np.uint8)
@@ -641,26 +655,11 @@ class SpaceApp:
 
     def _galleries(self) -> _Galleries:
         """The heatmaps with the legend of their faithfulness check, and the mistakes; all hidden at first."""
-        cams = gr.Gallery(
-            label="Heatmaps, each with its faithfulness check",
-            visible=False,
-            columns=5,
-            rows=1,  # more rows are added as needed; the default reserves an empty second one
-            format="png",
-            object_fit="contain",
-            elem_id="gradcam-gallery",
-            elem_classes="captioned",
-        )
+        cams = _captioned_gallery("Heatmaps, each with its faithfulness check", 5, "gradcam-gallery")
         legend = gr.Markdown(FAITHFULNESS_LEGEND, visible=False, elem_id="faithfulness-legend")
-        mistakes = gr.Gallery(
-            label="Misclassified test images: true → predicted (confidence)",
-            visible=False,
-            columns=4,
-            rows=1,  # more rows are added as needed; the default reserves an empty second one
-            format="png",
-            object_fit="contain",  # with heatmaps each item is three times as wide as high
-            elem_id="misclassified-gallery",
-            elem_classes="captioned",
+        # With heatmaps each mistake is three times as wide as high: "contain" keeps it whole.
+        mistakes = _captioned_gallery(
+            "Misclassified test images: true → predicted (confidence)", 4, "misclassified-gallery"
         )
         return _Galleries(cams, legend, mistakes)
 
