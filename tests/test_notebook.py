@@ -2,7 +2,6 @@
 through benchmarks/notebook_run.py: the run leaves the repository alone, its JSON line says what its files
 say, and `ship` refuses it, or with --force ships exactly its artifacts into a copy of the repository."""
 
-import hashlib
 import importlib.util
 import json
 import shutil
@@ -17,7 +16,7 @@ import jupytext
 import pandas as pd
 import pytest
 import torch
-from test_notebook_run import runner
+from test_notebook_run import digests, runner
 
 from era_utils.hardware import default_precision
 from era_utils.train_config import TrainConfig
@@ -175,10 +174,6 @@ def test_the_notebook_writes_what_ship_copies_and_checkpoints(smoke_run):
     # Every artifact comes from the run (none from the copied repository), and what is not shipped is known.
     assert written == set(runner.artifacts(smoke_run.run_dir)) | {"checkpoints/last.ckpt", "papermill.log"}
     assert set(runner.ARTIFACT_FILES) <= written
-
-
-def digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 the committed run, the papermill command it records, and the README's table of runs. (The smoke run that
 executes the notebook through the runner, records it and ships it is in test_notebook.py.)"""
 
+import hashlib
 import json
 import os
 import re
@@ -299,8 +300,9 @@ def test_ship_refuses_a_run_that_failed_did_not_finish_or_lacks_an_artifact(tmp_
         runner.check_shippable(run_dir, committed, force=True)
 
 
-def tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+def digests(root: Path) -> dict[str, str]:
+    """Every file below `root`, by its path there, with the SHA-1 of its bytes."""
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
 
 
 def test_ship_leaves_exactly_the_runs_artifacts_and_the_apps_screenshot(tmp_path):
@@ -319,7 +321,8 @@ def test_ship_leaves_exactly_the_runs_artifacts_and_the_apps_screenshot(tmp_path
                 path.write_text(f"{root.name}'s")
     (committed / "images" / "space_app.png").write_text("the app's screenshot")
     assert runner.main(["ship", "winner", "--runs-root", str(tmp_path / "runs"), "--repo", str(committed)]) == 0
-    assert tree(committed) == tree(run_dir) | {"images/space_app.png": b"the app's screenshot"}
+    screenshot = hashlib.sha1(b"the app's screenshot").hexdigest()
+    assert digests(committed) == digests(run_dir) | {"images/space_app.png": screenshot}
 
 
 def test_the_artifacts_are_every_file_the_committed_run_wrote(repo):
@@ -386,7 +389,7 @@ def test_a_run_starts_from_the_code_without_the_committed_runs_outputs(tmp_path)
     (repo / "checkpoints" / "last.ckpt").touch()
     runner.copy_repository(repo, tmp_path / "run")
     copied = {".gitignore", runner.NOTEBOOK, "images/space_app.png", "era_utils/model.py", "era_utils/new.py"}
-    assert set(tree(tmp_path / "run")) == copied
+    assert set(digests(tmp_path / "run")) == copied
     notebook = nbformat.read(tmp_path / "run" / runner.NOTEBOOK, as_version=4)
     assert [(c.source, c.outputs, c.execution_count) for c in notebook.cells] == [("fit()", [], None)]
     assert "papermill" not in notebook.metadata
