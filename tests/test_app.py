@@ -162,6 +162,24 @@ def test_weights_are_checked_against_their_sha256(tmp_path: Path) -> None:
         inference.load_config(app_copy)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"architecture": "resnet18"}, "unknown architecture 'resnet18'"),
+        ({"gradcam_layers": {**LAYERS, "fc": 1}}, r"Grad-CAM layers the network lacks: \['fc'\]"),
+        ({"num_classes": 11}, r"len\(classes\) != num_classes"),
+    ],
+)
+def test_a_model_json_that_does_not_fit_the_network_is_refused(tmp_path: Path, change, message: str) -> None:
+    """Weights that match their sha256 but a model.json naming another network, a layer it lacks or a class count
+    its list of classes does not have: refused at start-up, not served with wrong labels or a failing layer."""
+    app_copy = copy_app(tmp_path / "space_app")
+    config = json.loads((app_copy / "model.json").read_text())
+    (app_copy / "model.json").write_text(json.dumps(config | change))
+    with pytest.raises(inference.ModelFilesError, match=message):
+        inference.load_config(app_copy)
+
+
 def test_model_loads_in_eval_mode_with_settings_from_json(sp: space.SpaceApp) -> None:
     cfg = json.loads((APP_DIR / "model.json").read_text())
     assert not sp.clf.net.training
@@ -312,6 +330,10 @@ def test_oversized_file_is_refused_before_reading(sp: space.SpaceApp, tmp_path: 
         f.truncate(inference.MAX_FILE_BYTES + 1)  # sparse: costs no disk
     with pytest.raises(gr.Error, match="limit is 20 MB"):
         ui(sp.predict)(str(path), 3)
+    with path.open("wb") as f:
+        f.truncate(inference.MAX_FILE_BYTES)  # "up to 20 MB": a file of exactly 20 MB is read (zeros: not an image)
+    with pytest.raises(gr.Error, match="not an image"):
+        ui(sp.predict)(str(path), 3)
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -334,6 +356,12 @@ def test_an_image_just_over_the_pixel_limit_is_told_by_how_much(sp: space.SpaceA
 
 def _rgba_transparent(p: Path) -> Path:
     return save(Image.new("RGBA", (40, 40), (0, 0, 0, 0)), p.with_suffix(".png"))
+
+
+def _rgba_half_transparent(p: Path) -> Path:
+    image = Image.new("RGBA", (40, 40), (255, 0, 0, 255))
+    image.paste((0, 0, 0, 0), (20, 0, 40, 40))  # right half transparent (black underneath), left half opaque red
+    return save(image, p.with_suffix(".png"))
 
 
 def _palette_transparent(p: Path) -> Path:
@@ -372,6 +400,7 @@ def _exif_rotated(p: Path) -> Path:
 # name -> (writer, expected note, expected mean colour of the model input or None)
 CONVERSIONS = {
     "RGBA": (_rgba_transparent, "alpha channel", (255, 255, 255)),
+    "RGBA half transparent": (_rgba_half_transparent, "alpha channel", (255, 128, 128)),  # red | white
     "LA": (lambda p: save(Image.new("LA", (40, 40), (0, 0)), p.with_suffix(".png")), "Grayscale", (255, 255, 255)),
     "P": (lambda p: save(Image.new("RGB", (40, 40), (0, 255, 0)).convert("P"), p.with_suffix(".png")), "Palette", None),
     "P+transparency": (_palette_transparent, "alpha channel", (255, 255, 255)),
@@ -461,6 +490,17 @@ def test_model_input_is_the_central_square_resized(sp: space.SpaceApp, tmp_path:
         assert np.abs(x - blocks).max() <= 1.0  # Pillow's fixed-point arithmetic rounds within one level
 
 
+@pytest.mark.parametrize("size", [(100, 100), (300, 200), (1024, 768)])
+def test_a_jpeg_decoded_at_reduced_scale_gives_the_model_input_of_the_full_decode(sp, tmp_path: Path, size) -> None:
+    """Big JPEGs are decoded at 1/2 to 1/8 scale, never below 128 px a side, so the 32x32 input stays that of the
+    full decode; a smaller draft would decode a 100x100 photo at 25x25 and blow it up again with BICUBIC."""
+    path = save(_asymmetric(*size), tmp_path / "photo.jpg", quality=95)
+    with Image.open(path) as full:
+        want = sp.clf.model_input(full.convert("RGB")).astype(int)  # no draft: every pixel decoded
+    got = sp.clf.model_input(inference.open_image(path, 32).image).astype(int)
+    assert np.abs(got - want).mean() <= 1 and np.abs(got - want).max() <= 4
+
+
 def test_a_new_k_reranks_without_repeating_the_notes(sp, tmp_path: Path, warnings_shown: list[str]) -> None:
     path = save(Image.new("L", (40, 40), 128), tmp_path / "gray.png")
     first = ui(sp.predict)(str(path), 3)
@@ -494,11 +534,26 @@ def test_exif_orientation_is_applied(sp: space.SpaceApp, tmp_path: Path, warning
     assert top[0] > 200 > bottom[0] and bottom[2] > 200 > top[2]  # red on top, blue below after 90° clockwise
     ui(sp.predict)(str(path), 3)
     assert any("EXIF" in w for w in warnings_shown)
+    exif = Image.Exif()
+    exif[0x0112] = 1  # already upright: nothing to turn, nothing to tell
+    upright = inference.open_image(save(Image.new("RGB", (64, 32), (255, 0, 0)), path, exif=exif), 32)
+    assert upright.image.size == (64, 32) and not [note for note in upright.notes if "EXIF" in note], upright.notes
 
 
 def test_gradio_filedata_dict_is_accepted(sp: space.SpaceApp, examples) -> None:
     payload = {"path": str(examples["dog"]), "meta": {"_type": "gradio.FileData"}, "orig_name": "dog.png"}
     assert sp.predict(payload, 2) == sp.predict(str(examples["dog"]), 2)
+
+
+def test_a_new_image_at_the_same_path_is_read_again(sp: space.SpaceApp, tmp_path: Path) -> None:
+    """The decoded inputs are cached by path, size and modification time: another image saved under the same name
+    is classified itself, not the one cached before it."""
+    path = tmp_path / "upload.png"
+    first, second = _asymmetric(40, 40), _asymmetric(48, 48)
+    x_first, _ = sp._model_input(str(save(first, path)))
+    x_second, _ = sp._model_input(str(save(second, path)))
+    assert np.array_equal(x_first, sp.clf.model_input(first))
+    assert np.array_equal(x_second, sp.clf.model_input(second))
 
 
 # ---------------------------------------------------------------------------- heatmaps
@@ -538,6 +593,9 @@ def test_layer_labels_show_resolution() -> None:
 def test_ten_gradcams_and_none_when_off(sp: space.SpaceApp, examples) -> None:
     seen, cams = sp.explain(str(examples["frog"]), True, 10, "layer3", 0.5)
     assert len(cams) == 10 and len({c for _, c in cams}) == 10
+    x, _ = sp._model_input(str(examples["frog"]))
+    scale = inference.DISPLAY_SCALE  # each model pixel a crisp square (nearest neighbour), not blurred
+    assert np.array_equal(seen, x.repeat(scale, axis=0).repeat(scale, axis=1))
     seen_off, cams_off = sp.explain(str(examples["frog"]), False, 3, "layer3", 0.5)
     assert cams_off == [] and np.array_equal(seen, seen_off)
 
@@ -551,6 +609,16 @@ def test_opacity_mixes_photo_and_heatmap_linearly_without_brightening() -> None:
     assert np.array_equal(inference.overlay(photos[0], mask, 1.0), heatmap)  # the heatmap only: no photo in it
     half = inference.overlay(photos[0], mask, 0.5).astype(float)
     assert np.abs(half - (photo.astype(float) + heatmap) / 2).max() <= 1
+
+
+def test_a_coarse_heatmap_is_smoothed_onto_the_photo() -> None:
+    """A 4x4 layer's map is resized to the image bilinearly: between its cold and hot cells the colours pass through
+    JET's green, not straight from blue to red as a nearest-neighbour resize (blocks) would."""
+    mask = np.zeros((4, 4), np.float32)
+    mask[:, 2:] = 1.0
+    row = inference.overlay(np.zeros((32, 32, 3), np.uint8), mask, 1.0)[128]
+    assert row[0, 2] > 100 and row[-1, 0] > 100  # blue at the cold edge, red at the hot one
+    assert row[:, 1].max() > 200 and len({tuple(p) for p in row}) > 20
 
 
 @pytest.mark.parametrize("method", list(LIBRARY_CLASSES))
@@ -583,9 +651,11 @@ def test_explain_any_class_beside_the_top_prediction(sp: space.SpaceApp, example
         expected = [picked] if picked == order[0] else [picked, order[0]]
         assert len(cams) == len(expected)
         for (image, caption), c in zip(cams, expected, strict=True):
-            rank, name, prob, *_ = CAM_CAPTION.match(caption).groups()
+            rank, name, prob, *faithful = CAM_CAPTION.match(caption).groups()
             assert (int(rank), name, prob) == (order.index(c) + 1, classes[c], space.percent(probs[c]))
-            assert near(image, inference.overlay(x, library_masks(sp, x[None], [c], "layer2", "Grad-CAM")[0], 1.0))
+            mask = library_masks(sp, x[None], [c], "layer2", "Grad-CAM")
+            assert near(image, inference.overlay(x, mask[0], 1.0))
+            assert faithful == [space.percent(v[0]) for v in sp.clf.faithfulness(x[None], mask, [c])], caption
 
 
 class _Recorder:
@@ -616,6 +686,29 @@ def test_faithfulness_hides_the_most_then_least_highlighted_fifth(sp: space.Spac
     top_fifth = mask >= np.sort(mask.ravel())[-205]
     assert hidden_most.sum() == 205 and np.array_equal(hidden_most, top_fifth)
     assert hidden_least.sum() == 205 and np.all(mask[hidden_least] == 0)
+    # The 205 of the 512 tied pixels are drawn across the tie, not the first ones in reading order (the top rows).
+    assert hidden_least[:16].sum() > 60 and hidden_least[16:].sum() > 60
+
+
+def test_faithfulness_numbers_are_the_probabilities_with_those_pixels_hidden(
+    sp: space.SpaceApp, examples, monkeypatch
+) -> None:
+    """The first number is the class's probability with the most highlighted fifth hidden, the second with the least
+    highlighted one: with an imputer that blanks the hidden pixels (to 0, the mean colour), both can be computed."""
+    from pytorch_grad_cam.metrics import road
+
+    monkeypatch.setattr(road, "NoisyLinearImputer", lambda: lambda img, keep: img * keep)
+    mask = np.random.default_rng(4).random((32, 32)).astype(np.float32)  # no ties
+    x, _ = sp._model_input(str(examples["bird"]))
+    top = int(sp.clf.probabilities(x[None])[0].argmax())
+    most, least = sp.clf.faithfulness(x[None], mask[None], [top])
+    ordered = np.sort(mask.ravel())
+    for got, hidden in ((most[0], mask >= ordered[-205]), (least[0], mask <= ordered[204])):
+        with torch.no_grad():
+            blanked = sp.clf.to_tensor(x) * torch.from_numpy((~hidden).astype(np.float32))
+            want = float(sp.clf.net(blanked).softmax(1)[0, top])
+        assert got == pytest.approx(want, abs=1e-5)
+    assert abs(most[0] - least[0]) > 1e-3
 
 
 def test_pixel_order_is_exact_and_the_same_anywhere_in_a_batch() -> None:
@@ -691,6 +784,17 @@ def test_gradcam_parameters_are_checked(sp: space.SpaceApp, examples, args, mess
         ui(sp.explain)(str(examples["cat"]), *args)
 
 
+def test_opacity_0_and_1_are_accepted_at_both_ends(sp: space.SpaceApp, examples) -> None:
+    """The slider's ends: 0 shows the photo exactly, 1 the heatmap only, in the heatmaps and in the mistakes."""
+    path = str(examples["cat"])
+    x, _ = sp._model_input(path)
+    [(photo_only, _)] = ui(sp.explain)(path, True, 1, "layer2", 0.0)[1]
+    [(heatmap_only, _)] = ui(sp.explain)(path, True, 1, "layer2", 1.0)[1]
+    assert np.array_equal(photo_only, inference.enlarge(x)) and not np.array_equal(heatmap_only, photo_only)
+    [(mistake, _)] = ui(sp.misclassified)(True, 1, True, "layer2", 0.0)
+    assert np.array_equal(mistake[:, -photo_only.shape[1] :], inference.enlarge(sp.store.images[0]))
+
+
 # ---------------------------------------------------------------------------- misclassified gallery
 
 
@@ -723,6 +827,8 @@ def test_misclassified_heatmaps_of_the_predicted_then_the_true_class(sp: space.S
         names = CAPTION.match(caption).group(1, 2, 5, 6)
         assert names == tuple(sp.clf.classes[c] for c in (true, pred, pred, true)), caption
         panels = [image[:, k * (side + space.GAP) : k * (side + space.GAP) + side] for k in range(3)]
+        gaps = [image[:, k * (side + space.GAP) - space.GAP : k * (side + space.GAP)] for k in (1, 2)]
+        assert all(np.all(gap == 255) for gap in gaps)  # white between the panels
         assert np.array_equal(panels[0], inference.enlarge(photo))
         for panel, c in zip(panels[1:], (pred, true), strict=True):
             want = inference.overlay(photo, library_masks(sp, photo[None], [c], "layer2", "Grad-CAM++")[0], 1.0)
@@ -744,11 +850,56 @@ def test_misclassified_heatmaps_are_the_methods_asked_for_one_after_the_other(sp
         assert near(image[:, side + space.GAP : 2 * side + space.GAP], want), method
 
 
+def test_misclassified_heatmaps_are_the_layers_asked_for_one_after_the_other(sp: space.SpaceApp) -> None:
+    """Likewise for layers: the same method at a second layer gets that layer's heatmaps, not the first one's."""
+    side = sp.clf.image_size * inference.DISPLAY_SCALE
+    photo, pred = sp.store.images[0], int(sp.store.preds[0])
+    wanted = {
+        layer: inference.overlay(photo, library_masks(sp, photo[None], [pred], layer, "XGradCAM")[0], 1.0)
+        for layer in ("layer3", "layer1.residual")
+    }
+    assert not near(*wanted.values())
+    for layer, want in wanted.items():
+        (image, _), *_ = ui(sp.misclassified)(True, 1, True, layer, 1.0, "XGradCAM")
+        assert near(image[:, side + space.GAP : 2 * side + space.GAP], want), layer
+
+
 def test_misclassified_store_is_one_compact_file() -> None:
     with np.load(APP_DIR / "misclassified.npz", allow_pickle=False) as data:
         assert data["images"].dtype == np.uint8 and data["images"].ndim == 4
         assert {"labels", "preds", "confidences"} <= set(data.files)
     assert not list(APP_DIR.glob("*_as_*.png"))
+
+
+def _first_set_to(values: np.ndarray, value: int) -> np.ndarray:
+    return np.concatenate([[value], values[1:]]).astype(values.dtype)
+
+
+STORE_FAULTS = {
+    "classes in another order": (lambda d: d | {"classes": d["classes"][::-1]}, "classes differ"),
+    "a label past the last class": (lambda d: d | {"labels": _first_set_to(d["labels"], 10)}, "out of range"),
+    "a negative prediction": (lambda d: d | {"preds": _first_set_to(d["preds"], -1)}, "out of range"),
+    "float images": (lambda d: d | {"images": d["images"].astype(np.float32)}, "must be uint8"),
+    "28x28 images": (lambda d: d | {"images": d["images"][:, :28, :28]}, "must be uint8"),
+    "a confidence short": (lambda d: d | {"confidences": d["confidences"][:-1]}, "differ in length"),
+}
+
+
+@pytest.mark.parametrize("fault", list(STORE_FAULTS))
+def test_a_misclassified_store_that_does_not_fit_the_model_is_refused(
+    sp: space.SpaceApp, tmp_path: Path, fault: str
+) -> None:
+    """A store from another model (other classes, other image size) or a damaged one is refused at start-up, not shown
+    with wrong names or failing on its first heatmap; the same arrays untouched load."""
+    with np.load(APP_DIR / "misclassified.npz", allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    change, message = STORE_FAULTS[fault]
+    path = tmp_path / "misclassified.npz"
+    np.savez(path, **change(arrays))
+    with pytest.raises(inference.ModelFilesError, match=message):
+        inference.MisclassifiedStore.load(path, sp.clf.classes, sp.clf.image_size)
+    np.savez(path, **arrays)
+    assert len(inference.MisclassifiedStore.load(path, sp.clf.classes, sp.clf.image_size)) == len(sp.store)
 
 
 BAD_GALLERY_ARGS = [
@@ -787,6 +938,7 @@ def test_ui_has_the_named_endpoints_and_hidden_controls(sp: space.SpaceApp) -> N
     assert [label for label, _ in dropdowns["cam-layer"].choices] == [
         inference.layer_label(k, v) for k, v in LAYERS.items()
     ]
+    assert dropdowns["cam-layer"].value == "layer2"  # the README's default: the deepest layer still 8x8
     assert [v for _, v in dropdowns["cam-method"].choices] == list(LIBRARY_CLASSES)
     assert dropdowns["cam-method"].value == "Grad-CAM"
     assert [v for _, v in dropdowns["cam-class"].choices] == [space.TOP, *sp.clf.classes]
@@ -832,6 +984,63 @@ def test_an_upload_the_browser_refuses_clears_the_last_images_outputs(sp: space.
     assert len(on_change) == 1
     assert all(value in (None, []) for value in on_change[0].fn(None))
     assert on_change[0].fn({"path": "photo.png"}) == (gr.skip(),) * 3
+
+
+def test_heatmaps_refused_after_a_prediction_clear_the_last_ones(sp: space.SpaceApp) -> None:
+    """Classify runs /explain after /predict: if /explain refuses (a bad layer or opacity over the API), the model
+    input and heatmaps of the last request must not stay beside the new prediction."""
+    demo = sp.build()
+    _, seen, gallery = _image_outputs(demo)
+    [explain] = [f for f in demo.fns.values() if f.api_name == "explain"]
+    clears = [f for f in demo.fns.values() if f.trigger_after == explain._id and f.trigger_only_on_failure]
+    assert [set(f.outputs) for f in clears] == [{seen, gallery}]
+    assert all(value in (None, []) for value in clears[0].fn())
+
+
+def test_a_new_image_draws_its_heatmaps_and_a_new_k_only_reranks(
+    sp: space.SpaceApp, tmp_path: Path, warnings_shown: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload, an example or Classify redraws the model input and heatmaps once its prediction succeeds; moving k
+    reranks without repeating the notes about the image; with no image yet, editing a control clears quietly."""
+    demo = sp.build()
+    label, seen, gallery = _image_outputs(demo)
+    image, top_k = _blocks(demo, gr.Image)["upload"], _blocks(demo, gr.Slider)["top-k"]
+    fns = list(demo.fns.values())
+    predicts = [f for f in fns if f.outputs == [label] and image in f.inputs and top_k._id not in dict(f.targets)]
+    assert len(predicts) == 3
+    for predict in predicts:
+        follow = [f for f in fns if f.trigger_after == predict._id and f.trigger_only_on_success]
+        assert [set(f.outputs) for f in follow] == [{seen, gallery}], predict.targets
+    monkeypatch.setattr(space, "_check_received", lambda *args: None)  # a test file, not an upload
+    gray = str(save(Image.new("L", (40, 40), 128), tmp_path / "gray.png"))
+    [on_k] = [f for f in fns if (top_k._id, "change") in f.targets]
+    assert list(on_k.fn(gray, 5)) == list(sp.rerank(gray, 5)) and warnings_shown == []
+    assert on_k.fn(None, 5) is None
+    redraw = [f for f in fns if f.outputs == [seen, gallery] and f.trigger_after is None]
+    assert redraw and all(f.fn(None, True, 3, "layer2", 0.5, "Grad-CAM", space.TOP) == (None, []) for f in redraw)
+
+
+def test_controls_appear_with_the_choices_they_belong_to(sp: space.SpaceApp) -> None:
+    """Ticking "Show heatmaps" shows their controls and gallery (unticking hides them); picking a class hides the
+    count of top classes, which then does not apply; a method shows its one-line description."""
+    demo = sp.build()
+    blocks = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+
+    def handler(source: str) -> Any:
+        [found] = [f for f in demo.fns.values() if f.inputs == [blocks[source]]]
+        return found
+
+    show = handler("show-cam")
+    assert blocks["gradcam-gallery"] in show.outputs and blocks["faithfulness-legend"] in show.outputs
+    assert [u["visible"] for u in show.fn(True)] == [True] * 3 and [u["visible"] for u in show.fn(False)] == [False] * 3
+    mistakes = handler("show-mistakes")
+    assert set(mistakes.outputs) == {blocks["mistake-count"], blocks["misclassified-gallery"]}
+    assert [u["visible"] for u in mistakes.fn(True)] == [True] * 2
+    target = handler("cam-class")
+    assert target.outputs == [blocks["cam-count"]]
+    assert target.fn(space.TOP)["visible"] is True and target.fn("dog")["visible"] is False
+    method = handler("cam-method")
+    assert method.outputs == [blocks["cam-method-about"]] and method.fn("LayerCAM") == space.method_line("LayerCAM")
 
 
 def test_each_method_has_its_one_line_description() -> None:
