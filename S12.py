@@ -60,7 +60,7 @@ REPO_URL = "https://github.com/OWNER/REPO.git"  # this repository on GitHub (use
 # In Colab (choose *Runtime → Change runtime type → GPU* first) this clones the repository, installs its
 # requirements (a minute or two) and works in the clone, so the run's figures, weights and app files land in the
 # repository as they do locally; elsewhere the package is already importable from the repository root.
-# `requirements.txt` accepts any torch 2.x from 2.3 and torchvision from 0.18, so pip keeps Colab's own CUDA builds
+# `requirements.txt` accepts any torch 2.x from 2.4 and torchvision from 0.19, so pip keeps Colab's own CUDA builds
 # and adds what Colab lacks (Lightning, torchmetrics, grad-cam, torch-lr-finder). Should Colab ever ask to restart
 # the session after the install, restart and run all again: the clone is reused. Without a GPU the cell stops Run
 # all (24 epochs on Colab's CPU would take many hours), unless `SMOKE = True`.
