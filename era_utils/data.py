@@ -132,13 +132,16 @@ def load_image_folder(root: Path, split: str) -> Split:
             f"{split_dir} lacks class folders {', '.join(missing)}; --data-dir must hold "
             f"train/<class>/ and test/<class>/ with classes {', '.join(CLASS_NAMES)}"
         )
-    paths, labels = [], []
+    paths, labels, empty = [], [], []
     for label, name in enumerate(CLASS_NAMES):
         files = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         paths += files
         labels += [label] * len(files)
-    if not paths:
-        raise DataError(f"{split_dir} holds no images")
+        if not files:
+            empty.append(name)
+    if empty:  # a class without images would be trained or scored on the other nine as if all ten were there
+        where = "" if len(empty) == len(CLASS_NAMES) else f" in its class folders {', '.join(empty)}"
+        raise DataError(f"{split_dir} holds no images{where}; every class folder needs images")
     with ThreadPoolExecutor() as pool:
         images = np.stack(list(pool.map(_decode, paths, chunksize=256)))
     return Split(images, np.asarray(labels, dtype=np.int64))

@@ -82,17 +82,30 @@ def read_config(weights: str | Path) -> dict[str, Any]:
     return config
 
 
+def network_settings(config: dict[str, Any], config_path: Path) -> tuple[int, float]:
+    """The JSON's class count and logit scale, or a ValueError naming what is missing or of the wrong kind."""
+    for key in ("num_classes", "classes", "logit_scale"):
+        if key not in config:
+            raise ValueError(f"{config_path} lacks '{key}'")
+    num_classes, logit_scale = config["num_classes"], config["logit_scale"]
+    if type(num_classes) is not int or num_classes < 1 or type(logit_scale) not in (int, float) or logit_scale <= 0:
+        raise ValueError(
+            f"{config_path} has num_classes {num_classes!r} and logit_scale {logit_scale!r}: "
+            "they must be a count and a positive number"
+        )
+    return num_classes, logit_scale
+
+
 def load_model(weights: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network from its JSON and load the verified weights, in eval mode."""
     config = read_config(weights)
     config_path = Path(weights).with_name(CONFIG_NAME)
     if config.get("architecture") != ARCHITECTURE:
         raise ValueError(f"unknown architecture {config.get('architecture')!r} in {config_path}")
+    num_classes, logit_scale = network_settings(config, config_path)
     try:
-        net = CustomResNet(num_classes=config["num_classes"], logit_scale=config["logit_scale"])
+        net = CustomResNet(num_classes=num_classes, logit_scale=logit_scale)
         state = load_file(str(weights))
-    except KeyError as err:
-        raise ValueError(f"{config_path} lacks {err}") from None
     except SafetensorError as err:
         raise ValueError(f"{weights} is not a safetensors file ({err})") from None
     expected = net.state_dict()

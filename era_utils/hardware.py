@@ -78,7 +78,7 @@ def check_hardware_settings(cfg: TrainConfig) -> int:
         probe = L.Trainer(
             **settings, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
         )
-    except (MisconfigurationException, TypeError, ValueError) as err:
+    except (MisconfigurationException, ImportError, TypeError, ValueError) as err:  # ImportError: tpu, no torch_xla
         flags = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in settings.items())
         raise ConfigError(f"Lightning refuses {flags}: {err}") from None
     finally:

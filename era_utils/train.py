@@ -5,6 +5,7 @@ python -m era_utils.train --data-dir ../shared/data/cifar10-jpeg --epochs 24 --o
 
 import argparse
 import json
+import pickle
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -125,6 +126,23 @@ class EMAOnTrainingDevice(WeightAveraging):
             self._average_model.to(pl_module.device)
 
 
+class TrainingDivergedError(RuntimeError):
+    """The weights became NaN or infinite: the loss diverged (too high a max LR or weight decay)."""
+
+
+class StopOnDivergence(L.Callback):
+    """Stops the run at the end of the epoch in which its weights became NaN or infinite, before that epoch's
+    checkpoint (ModelCheckpoint's hook runs after the others) and any export replace the files of a good epoch."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not all(t.isfinite().all() for t in pl_module.state_dict().values()):
+            raise TrainingDivergedError(
+                f"training diverged in epoch {trainer.current_epoch + 1}: the weights hold NaN or infinity; nothing "
+                "was exported, the last checkpoint (if any) is the epoch's before; train again with a lower --max-lr "
+                "or --weight-decay"
+            )
+
+
 def build_trainer(cfg: TrainConfig, extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     """The Trainer: progress bar, LR log, `last.ckpt` every epoch, recipe check, EMA, CSV log in `OUT/logs`."""
     callbacks = [
@@ -136,6 +154,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Sequence[L.Callback] = ()) 
         # with it, every fit silently resumes from an old `last.ckpt`, even without --resume.)
         ModelCheckpoint(dirpath=cfg.checkpoint_dir, filename="last", enable_version_counter=False),
         RecipeCheck(**{name: getattr(cfg, name) for name in RECIPE_OUTSIDE_THE_MODULE}),
+        StopOnDivergence(),
     ]
     # Each row goes to disk as it is logged, so a killed run's log holds every row up to its checkpoint, and a
     # resume keeps those rows (the logger deletes the file when the resumed run starts).
@@ -164,10 +183,21 @@ def resume_checkpoint(cfg: TrainConfig) -> str | None:
     return str(last)
 
 
+def read_checkpoint(path: str) -> dict:
+    """The checkpoint `--resume` continues, or a clear error if it is damaged or not a checkpoint of this project."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise DataError(f"--resume: {path} is not a readable checkpoint ({reason}); run without --resume") from None
+    if not isinstance(checkpoint, dict) or "max_lr" not in checkpoint.get("hyper_parameters", {}):
+        raise DataError(f"--resume: {path} is not a checkpoint of era_utils.train; run without --resume")
+    return checkpoint
+
+
 def checkpoint_max_lr(cfg: TrainConfig) -> float:
     """The max LR of the run `--resume` continues."""
-    checkpoint = torch.load(resume_checkpoint(cfg), map_location="cpu", weights_only=True)
-    return float(checkpoint["hyper_parameters"]["max_lr"])
+    return float(read_checkpoint(resume_checkpoint(cfg))["hyper_parameters"]["max_lr"])
 
 
 def choose_max_lr(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule, processes: int = 1) -> float:
@@ -224,7 +254,8 @@ def run(cfg: TrainConfig) -> RunResult:
     """Run every stage; in multi-process runs only global rank 0 writes the reports."""
     # First the settings, the checkpoint and the data: a mistake in any fails before anything is printed or written.
     processes = check_hardware_settings(cfg)
-    resume_checkpoint(cfg)
+    if cfg.resume:
+        read_checkpoint(resume_checkpoint(cfg))
     dm = build_datamodule(cfg)
     make_output_dirs(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -340,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         result = run(cfg)
-    except (CheckpointMismatchError, ConfigError, DataError, LRFinderError) as err:
+    except (CheckpointMismatchError, ConfigError, DataError, LRFinderError, TrainingDivergedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if result.report:

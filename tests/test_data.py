@@ -143,6 +143,15 @@ def test_class_folders_without_images_are_a_clear_error(tmp_path):
         load_split("test", tmp_path)
 
 
+def test_a_class_folder_without_images_is_named(image_folder: Path, tmp_path: Path) -> None:
+    """An empty class folder among full ones trained (or scored) on nine classes, as if all ten were there."""
+    root = shutil.copytree(image_folder, tmp_path / "data")
+    for image in (root / "train" / "frog").iterdir():
+        image.unlink()
+    with pytest.raises(DataError, match=r"data/train holds no images in its class folders frog; every class"):
+        load_split("train", root)
+
+
 def test_failed_download_names_the_offline_option(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("no route to host")

@@ -173,6 +173,20 @@ def _other_classes(app_dir: Path, tmp_path: Path) -> list[str]:
     return ["--weights", str(app_dir / WEIGHTS_NAME)]
 
 
+def _json_without_classes(app_dir: Path, tmp_path: Path) -> list[str]:
+    config_path = app_dir / CONFIG_NAME
+    config = json.loads(config_path.read_text())
+    del config["classes"]
+    config_path.write_text(json.dumps(config))
+    return ["--weights", str(app_dir / WEIGHTS_NAME)]
+
+
+def _text_class_count(app_dir: Path, tmp_path: Path) -> list[str]:
+    config_path = app_dir / CONFIG_NAME
+    config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {"num_classes": "ten"}))
+    return ["--weights", str(app_dir / WEIGHTS_NAME)]
+
+
 def _with_its_sha256(app_dir: Path, write: Callable[[Path], object]) -> list[str]:
     """Weights replaced by what `write` puts there, and the JSON's sha256 updated to match them."""
     weights, config_path = app_dir / WEIGHTS_NAME, app_dir / CONFIG_NAME
@@ -216,6 +230,8 @@ def _no_class_folders(app_dir: Path, tmp_path: Path) -> list[str]:
         (_corrupt_json, "is not valid JSON"),
         (_foreign_json, "has no sha256"),
         (_other_classes, "was trained on classes ['truck'"),
+        (_json_without_classes, "lacks 'classes'"),  # a KeyError traceback
+        (_text_class_count, "has num_classes 'ten' and logit_scale"),  # a TypeError traceback
         (lambda app, tmp: ["--weights", str(app / "missing.safetensors")], "side by side"),
         (lambda app, tmp: ["--weights", str(app / WEIGHTS_NAME), "--data-dir", str(tmp / "nowhere")], "does not exist"),
         (_file_as_data_dir, "is a file, not a folder"),
@@ -232,6 +248,8 @@ def _no_class_folders(app_dir: Path, tmp_path: Path) -> list[str]:
         "corrupt-json",
         "foreign-json",
         "other-classes",
+        "json-without-classes",
+        "text-class-count",
         "no-weights",
         "no-data-dir",
         "file-as-data-dir",

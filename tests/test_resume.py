@@ -212,3 +212,35 @@ def test_resuming_a_run_that_ended_its_training_finishes_the_rest_and_keeps_its_
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["max_lr"] == FIRST_MAX_LR
     pd.testing.assert_frame_equal(epoch_table(out / "logs" / "metrics.csv"), before)
     assert len(before) == EPOCHS and (out / "images" / "training_curves.png").is_file()
+
+
+def _truncated_checkpoint(path: Path) -> None:
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "hyper_parameters": {"max_lr": 0.01}}, path)
+    path.write_bytes(path.read_bytes()[:2000])  # a run killed while saving it
+
+
+@pytest.mark.parametrize(
+    "write, named",
+    [
+        (lambda path: path.write_bytes(b""), "is not a readable checkpoint"),
+        (_truncated_checkpoint, "is not a readable checkpoint"),
+        (lambda path: path.write_bytes(bytes(range(256)) * 8), "is not a readable checkpoint"),
+        (lambda path: torch.save({"weights": torch.zeros(2)}, path), "is not a checkpoint of era_utils.train"),
+    ],
+    ids=["empty", "truncated", "random-bytes", "another-programs"],
+)
+@pytest.mark.usefixtures("no_lr_finder")
+@pytest.mark.parametrize("max_lr", ["0.01", "finder"])
+def test_resume_from_a_damaged_checkpoint_is_one_clear_line_before_any_work(
+    image_folder, tmp_path, capsys, write, named, max_lr
+):
+    """These were a traceback from torch.load (RuntimeError, EOFError, UnpicklingError) or Lightning."""
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    write(checkpoint)
+    before = checkpoint.read_bytes()
+    flags = ["--data-dir", str(image_folder), "--out", str(tmp_path / "run"), "--resume", "--max-lr", max_lr]
+    assert main([*flags, "--num-workers", "0", "--accelerator", "cpu", "--devices", "1"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: --resume: {checkpoint} ") and named in error and "run without --resume" in error
+    assert checkpoint.read_bytes() == before and sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]

@@ -3,6 +3,7 @@ import subprocess
 import sys
 import warnings
 from dataclasses import asdict
+from importlib.util import find_spec
 
 import lightning as L
 import numpy as np
@@ -165,6 +166,9 @@ def test_the_flip_choice_reaches_the_training_data(image_folder):
         ("--per-class", "0"),
         ("--num-workers", "-1"),
         ("--ghost-batch-size", "1"),
+        ("--weight-decay", "inf"),  # trained, and exported, weights all NaN with accuracy 0.1
+        ("--seed", "-1"),  # a traceback from seed_everything after the data was loaded
+        ("--seed", str(2**32)),
     ],
 )
 def test_out_of_range_flags_stop_with_one_clear_line_before_any_work(flag, value, tmp_path, capsys):
@@ -286,6 +290,9 @@ def test_resume_without_a_checkpoint_is_a_clear_error_before_any_work(image_fold
         ("--strategy", "nope"),
         ("--devices", "abc"),
         pytest.param("--accelerator", "gpu", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU")),
+        pytest.param(  # Lightning raises ModuleNotFoundError for it, which was a traceback
+            "--accelerator", "tpu", marks=pytest.mark.skipif(bool(find_spec("torch_xla")), reason="torch_xla")
+        ),
     ],
 )
 @pytest.mark.usefixtures("no_lr_finder")
