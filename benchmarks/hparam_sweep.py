@@ -46,8 +46,10 @@ def parse_variant(spec: str) -> dict[str, float | int]:
 def run_variant(spec: str, args: argparse.Namespace) -> dict:
     overrides = {"max_lr": args.max_lr, "epochs": args.epochs} | parse_variant(spec)
     out = Path(args.out_root) / spec.replace(",", "_").replace("=", "-")
-    # No range test: a sweep's minutes are its training's. A variant may set either knob too.
-    cfg = TrainConfig(**(dict(data_dir=args.data_dir, out=str(out), n_misclassified=10, lr_find_iters=0) | overrides))
+    # No range test: a sweep's minutes are its training's. A variant may set either knob too. A sweep run again
+    # measures its variants again, in their folders.
+    settings = dict(data_dir=args.data_dir, out=str(out), n_misclassified=10, lr_find_iters=0, overwrite=True)
+    cfg = TrainConfig(**(settings | overrides))
     start = time.perf_counter()
     result = run(cfg)
     return {

@@ -183,6 +183,17 @@ def resume_checkpoint(cfg: TrainConfig) -> str | None:
     return str(last)
 
 
+def refuse_to_replace_a_run(cfg: TrainConfig) -> None:
+    """A new run into an OUT that holds an earlier run's checkpoint (hours of training, perhaps interrupted) needs
+    --overwrite: it would replace the log at once and the checkpoint after one epoch."""
+    last = cfg.checkpoint_dir / "last.ckpt"
+    if last.exists() and not (cfg.resume or cfg.overwrite):
+        raise ConfigError(
+            f"{last} holds an earlier run: --resume continues it, --overwrite starts a new run in its place "
+            "(replacing its checkpoint, log, plots and weights), or choose another --out"
+        )
+
+
 def read_checkpoint(path: str) -> dict:
     """The checkpoint `--resume` continues, or a clear error if it is damaged or not a checkpoint of this project."""
     try:
@@ -254,6 +265,7 @@ def run(cfg: TrainConfig) -> RunResult:
     """Run every stage; in multi-process runs only global rank 0 writes the reports."""
     # First the settings, the checkpoint and the data: a mistake in any fails before anything is printed or written.
     processes = check_hardware_settings(cfg)
+    refuse_to_replace_a_run(cfg)
     if cfg.resume:
         read_checkpoint(resume_checkpoint(cfg))
     dm = build_datamodule(cfg)
@@ -352,6 +364,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         help="Lightning precision; default 16-mixed on GPU, and on CPU bf16-mixed where it runs fast, else 32-true",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    p.add_argument(
+        "--overwrite", action="store_true", help="start a new run in an OUT that holds an earlier run's checkpoint"
+    )
     p.add_argument("--seed", type=int, default=defaults.seed, help="of the initialisation, data order and augmentation")
     p.add_argument("--fast-dev-run", action="store_true", help="one batch of each stage (smoke test)")
     p.add_argument("--per-class", type=int, help="use only this many images per class")

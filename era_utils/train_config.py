@@ -76,6 +76,7 @@ class TrainConfig:
     num_nodes: int = 1
     precision: str | None = None  # None: 16-mixed on GPU; on CPU bf16-mixed where oneDNN supports it, else 32-true
     resume: bool = False
+    overwrite: bool = False  # start afresh in an OUT whose checkpoint holds an earlier run
     seed: int = 42
     fast_dev_run: bool = False
     per_class: int | None = None  # keep only this many images per class (smoke runs)
@@ -94,6 +95,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a number, got {value!r}")
             if not valid(value):
                 raise ConfigError(f"{name} must be {must_be}, got {value}")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume continues the run in out and overwrite starts a new one there: choose one")
         if self.max_lr is None and self.lr_find_iters == 0 and not self.resume:
             raise ConfigError(
                 "max_lr 'finder' (None) takes the LR finder's suggestion, but lr_find_iters 0 runs no range test"

@@ -198,6 +198,23 @@ def test_resume_with_other_settings_is_one_clear_line_on_the_command_line(image_
     assert error.startswith("error: cannot resume") and "OneCycle steps" in error
 
 
+@pytest.mark.usefixtures("no_lr_finder")
+def test_a_new_run_into_an_out_holding_a_run_needs_overwrite(image_folder, finished_run, tmp_path, capsys):
+    """The same command again without --resume, after an interruption, would replace the log at once and the
+    checkpoint after one epoch: refused, every file left as it was; --overwrite starts the new run."""
+    out = tmp_path / "earlier"
+    shutil.copytree(finished_run, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    flags = ["--data-dir", str(image_folder), "--out", str(out), "--num-workers", "0", "--lr-find-iters", "0"]
+    recipe = ["--batch-size", "8", "--epochs", "1", "--accelerator", "cpu", "--devices", "1"]
+    assert main([*flags, *recipe]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: {out / 'checkpoints' / 'last.ckpt'} holds an earlier run: --resume continues it")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert main([*flags, *recipe, "--overwrite"]) == 0
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0  # the new one-epoch run
+
+
 def test_resuming_a_run_that_ended_its_training_finishes_the_rest_and_keeps_its_log(
     image_folder, finished_run, tmp_path, capsys
 ):

@@ -181,6 +181,13 @@ def test_out_of_range_flags_stop_with_one_clear_line_before_any_work(flag, value
     assert not out.exists()
 
 
+def test_resume_and_overwrite_together_stop_with_one_clear_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--resume", "--overwrite"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("choose one")
+
+
 def test_config_ranges_hold_outside_the_cli_too_and_accept_their_edges():
     with pytest.raises(ConfigError, match="label_smoothing must be in"):
         TrainConfig(label_smoothing=1.0)
