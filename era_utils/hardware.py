@@ -39,6 +39,11 @@ def gpu_has_native_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
+def computes_in_bf16_on_cpu(precision: str) -> bool:
+    """Whether a precision computes in bf16 on the CPU: Lightning switches fp16 mixed precision there to bf16-mixed."""
+    return precision.startswith("bf16") or precision in ("16-mixed", "16")
+
+
 def default_precision(cfg: TrainConfig) -> str:
     """fp16 mixed precision on GPU; bf16 autocast on a CPU that runs it fast, else fp32."""
     if cfg.precision:
@@ -47,7 +52,7 @@ def default_precision(cfg: TrainConfig) -> str:
                 f"--precision {cfg.precision}: this GPU has no native bf16 (NVIDIA's from compute capability 8.0, "
                 "Ampere; Colab's T4 is 7.5) and runs it emulated: 16-mixed is its fast precision"
             )
-        if cfg.precision.startswith("bf16") and not uses_gpu(cfg) and not cpu_has_fast_bf16():
+        if computes_in_bf16_on_cpu(cfg.precision) and not uses_gpu(cfg) and not cpu_has_fast_bf16():
             rank_zero_warn(f"--precision {cfg.precision}: this CPU runs bf16 about 13x slower than fp32 (32-true)")
         return cfg.precision
     if uses_gpu(cfg):

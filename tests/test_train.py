@@ -216,13 +216,21 @@ def test_without_pytorchs_bf16_check_the_cpu_counts_as_fp32_only(monkeypatch):
     assert hardware.cpu_has_fast_bf16() is False
 
 
-def test_asking_for_bf16_on_a_cpu_without_fast_bf16_warns(image_folder, tmp_path, monkeypatch):
-
+@pytest.mark.parametrize("asked", ["bf16-mixed", "16-mixed", "16"])  # Lightning runs fp16 mixed as bf16 on a CPU
+def test_asking_for_bf16_on_a_cpu_without_fast_bf16_warns(image_folder, tmp_path, monkeypatch, asked):
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
-    cfg = _cfg(image_folder, tmp_path, accelerator="cpu", precision="bf16-mixed")
+    cfg = _cfg(image_folder, tmp_path, accelerator="cpu", precision=asked)
     with pytest.warns(UserWarning, match="13x slower"):
         precision = hardware.default_precision(cfg)
-    assert precision == "bf16-mixed"  # warned, but what was asked for
+    assert precision == asked  # warned, but what was asked for
+
+
+def test_fp32_and_true_fp16_on_a_cpu_are_not_warned_of_as_bf16(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for asked in ("32-true", "16-true"):
+            assert hardware.default_precision(_cfg(image_folder, tmp_path, accelerator="cpu", precision=asked)) == asked
 
 
 @pytest.mark.parametrize(("native", "warned"), [(False, True), (True, False)], ids=["T4", "Ampere"])
