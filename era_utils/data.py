@@ -1,6 +1,7 @@
 """CIFAR-10 as uint8 arrays in memory, from torchvision's download or an offline image folder."""
 
 import random
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -148,12 +149,16 @@ def load_image_folder(root: Path, split: str) -> Split:
 
 
 def load_torchvision(root: Path, split: str) -> Split:
-    """torchvision's CIFAR10, downloaded into `root` when it is not there yet."""
+    """torchvision's CIFAR10, downloaded into `root` when it is not there yet; a failed download leaves no folder
+    it made behind."""
     from torchvision.datasets import CIFAR10
 
+    made_here = not root.exists()
     try:
         ds = CIFAR10(str(root), train=split == "train", download=True)
     except Exception as err:  # urllib, SSL and checksum errors all mean: no usable download
+        if made_here:
+            shutil.rmtree(root, ignore_errors=True)
         raise DataError(
             f"CIFAR-10 could not be downloaded into {root} ({type(err).__name__}: {err}); without a network, pass "
             "--data-dir (the notebook's DATA_DIR) pointing at an image folder with train/<class>/ and test/<class>/"

@@ -152,13 +152,20 @@ def test_a_class_folder_without_images_is_named(image_folder: Path, tmp_path: Pa
         load_split("train", root)
 
 
-def test_failed_download_names_the_offline_option(tmp_path, monkeypatch):
-    def no_network(*args, **kwargs):
+def test_failed_download_names_the_offline_option_and_leaves_no_folder_it_made(tmp_path, monkeypatch):
+    def no_network(self, root, **kwargs):
+        (Path(root) / "cifar-10-batches-py").mkdir(parents=True)  # torchvision makes its folders before it fetches
         raise urllib.error.URLError("no route to host")
 
     monkeypatch.setattr("torchvision.datasets.CIFAR10.__init__", no_network)
     with pytest.raises(DataError, match=r"pass --data-dir \(the notebook's DATA_DIR\)"):
-        data.load_split("train", None, download_root=tmp_path)
+        data.load_split("train", None, download_root=tmp_path / "data")
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / "mine"  # a folder the user had is theirs, whatever the download left in it
+    kept.mkdir()
+    with pytest.raises(DataError):
+        data.load_split("train", None, download_root=kept)
+    assert (kept / "cifar-10-batches-py").is_dir()
 
 
 def test_torchvision_download_reads_the_split_asked_for(tmp_path, monkeypatch):
