@@ -42,6 +42,8 @@ from era_utils.train_config import (
 from era_utils.transforms import FLIPS
 
 LR_FINDER_PLOT = "lr_finder.png"
+# What to do when the checkpoint to resume cannot be read
+START_AFRESH = "--overwrite instead of --resume starts a new run there"
 
 
 @dataclass
@@ -200,9 +202,9 @@ def read_checkpoint(path: str) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0]
-        raise DataError(f"--resume: {path} is not a readable checkpoint ({reason}); run without --resume") from None
+        raise DataError(f"--resume: {path} is not a readable checkpoint ({reason}); {START_AFRESH}") from None
     if not isinstance(checkpoint, dict) or "max_lr" not in checkpoint.get("hyper_parameters", {}):
-        raise DataError(f"--resume: {path} is not a checkpoint of era_utils.train; run without --resume")
+        raise DataError(f"--resume: {path} is not a checkpoint of era_utils.train; {START_AFRESH}")
     return checkpoint
 
 

@@ -259,5 +259,6 @@ def test_resume_from_a_damaged_checkpoint_is_one_clear_line_before_any_work(
     flags = ["--data-dir", str(image_folder), "--out", str(tmp_path / "run"), "--resume", "--max-lr", max_lr]
     assert main([*flags, "--num-workers", "0", "--accelerator", "cpu", "--devices", "1"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith(f"error: --resume: {checkpoint} ") and named in error and "run without --resume" in error
+    assert error.startswith(f"error: --resume: {checkpoint} ") and named in error
+    assert error.endswith("; --overwrite instead of --resume starts a new run there")
     assert checkpoint.read_bytes() == before and sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]
