@@ -154,7 +154,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Sequence[L.Callback] = ()) 
         LearningRateMonitor(logging_interval="step"),
         # Only `last.ckpt`, at every epoch end. (Lightning's OnExceptionCheckpoint is left out on purpose:
         # with it, every fit silently resumes from an old `last.ckpt`, even without --resume.)
-        ModelCheckpoint(dirpath=cfg.checkpoint_dir, filename="last", enable_version_counter=False),
+        ModelCheckpoint(dirpath=cfg.checkpoint_dir, filename=cfg.last_checkpoint.stem, enable_version_counter=False),
         RecipeCheck(**{name: getattr(cfg, name) for name in RECIPE_OUTSIDE_THE_MODULE}),
         StopOnDivergence(),
     ]
@@ -179,7 +179,7 @@ def resume_checkpoint(cfg: TrainConfig) -> str | None:
     """`OUT/checkpoints/last.ckpt` with `--resume` (a clear error if there is none), else None."""
     if not cfg.resume:
         return None
-    last = cfg.checkpoint_dir / "last.ckpt"
+    last = cfg.last_checkpoint
     if not last.is_file():
         raise DataError(f"--resume: no checkpoint at {last}; run once without --resume first")
     return str(last)
@@ -188,7 +188,7 @@ def resume_checkpoint(cfg: TrainConfig) -> str | None:
 def refuse_to_replace_a_run(cfg: TrainConfig) -> None:
     """A new run into an OUT that holds an earlier run's checkpoint (hours of training, perhaps interrupted) needs
     --overwrite: it would replace the log at once and the checkpoint after one epoch."""
-    last = cfg.checkpoint_dir / "last.ckpt"
+    last = cfg.last_checkpoint
     if last.exists() and not (cfg.resume or cfg.overwrite):
         raise ConfigError(
             f"{last} holds an earlier run: --resume continues it, --overwrite starts a new run in its place "

@@ -111,6 +111,11 @@ class TrainConfig:
         return self.out_path / "checkpoints"
 
     @property
+    def last_checkpoint(self) -> Path:
+        """The checkpoint written at every epoch's end, which `resume` continues."""
+        return self.checkpoint_dir / "last.ckpt"
+
+    @property
     def images_dir(self) -> Path:
         return self.out_path / "images"
 
