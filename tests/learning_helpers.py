@@ -19,6 +19,11 @@ from era_utils.lit_module import LitClassifier
 from era_utils.train import build_datamodule, build_net, fit
 from era_utils.train_config import TrainConfig
 
+# Training tests run on one CPU process: "auto" would switch precision on a GPU runner and start DDP inside
+# pytest on a multi-GPU one.
+CPU = dict(accelerator="cpu", devices="1")
+CPU_FLAGS = ["--accelerator", "cpu", "--devices", "1"]
+
 SQUARE = 8  # side of each class's square, in pixels
 JITTER = 2  # the square moves up to this many pixels from its class's place, per image
 # One colour and one place (top-left corner, row and column) per class; the squares never touch the border.
@@ -155,7 +160,7 @@ class SquaresFit:
 def cpu_config(data_dir: Path, out: Path, **overrides: object) -> TrainConfig:
     """The default recipe at max LR 0.01 in fp32 on one CPU process without workers: the same on every runner."""
     base = dict(data_dir=str(data_dir), out=str(out), max_lr=0.01, num_workers=0, precision="32-true")
-    return TrainConfig(**(base | {"accelerator": "cpu", "devices": "1"} | overrides))
+    return TrainConfig(**(base | CPU | overrides))
 
 
 def fit_squares(squares: Squares, out: Path, seed: int = 0, epochs: int = 3, batch_size: int = 20) -> SquaresFit:

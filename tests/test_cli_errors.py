@@ -6,12 +6,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from learning_helpers import CPU, CPU_FLAGS
 
 from era_utils.train import TrainingDivergedError, build_datamodule, build_net, fit, main
 from era_utils.train_config import TrainConfig
-
-CPU = dict(accelerator="cpu", devices="1")
-CPU_FLAGS = ["--accelerator", "cpu", "--devices", "1"]
 
 
 class PoisonInEpoch(L.Callback):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from learning_helpers import cpu_config
+from learning_helpers import CPU_FLAGS, cpu_config
 from torch.utils.data import DataLoader
 
 from era_utils import lr_finder, train
@@ -84,7 +84,7 @@ def test_a_range_test_that_diverges_too_early_is_one_clear_line_and_restores_the
     monkeypatch.setattr(RecordingFinder, "batches", lr_finder.MIN_BATCHES - 1)
     RecordingFinder.seen = []
     args = ["--data-dir", str(image_folder), "--out", str(tmp_path / "run"), "--fast-dev-run", "--num-workers", "0"]
-    assert train.main([*args, "--max-lr", "finder", "--accelerator", "cpu", "--devices", "1"]) == 2
+    assert train.main([*args, "--max-lr", "finder", *CPU_FLAGS]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"error: the LR range test's loss diverged after {lr_finder.MIN_BATCHES - 1} batches")
     assert "--max-lr" in error

@@ -10,7 +10,7 @@ import lightning as L
 import pandas as pd
 import pytest
 import torch
-from learning_helpers import cpu_config
+from learning_helpers import CPU_FLAGS, cpu_config
 from torch.utils.data import DataLoader
 
 from era_utils.data import CIFAR10DataModule
@@ -192,7 +192,7 @@ def test_resume_with_other_settings_is_refused_and_leaves_the_checkpoint_and_log
 
 def test_resume_with_other_settings_is_one_clear_line_on_the_command_line(image_folder, finished_run, capsys):
     flags = ["--data-dir", str(image_folder), "--out", str(finished_run), "--resume", "--num-workers", "0"]
-    code = main([*flags, "--batch-size", "8", "--epochs", str(EPOCHS + 1), "--accelerator", "cpu", "--devices", "1"])
+    code = main([*flags, "--batch-size", "8", "--epochs", str(EPOCHS + 1), *CPU_FLAGS])
     assert code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: cannot resume") and "OneCycle steps" in error
@@ -206,7 +206,7 @@ def test_a_new_run_into_an_out_holding_a_run_needs_overwrite(image_folder, finis
     shutil.copytree(finished_run, out)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     flags = ["--data-dir", str(image_folder), "--out", str(out), "--num-workers", "0", "--lr-find-iters", "0"]
-    recipe = ["--batch-size", "8", "--epochs", "1", "--accelerator", "cpu", "--devices", "1"]
+    recipe = ["--batch-size", "8", "--epochs", "1", *CPU_FLAGS]
     assert main([*flags, *recipe]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"error: {out / 'checkpoints' / 'last.ckpt'} holds an earlier run: --resume continues it")
@@ -225,7 +225,7 @@ def test_resuming_a_run_that_ended_its_training_finishes_the_rest_and_keeps_its_
     before = epoch_table(out / "logs" / "metrics.csv")
     flags = ["--data-dir", str(image_folder), "--out", str(out), "--resume", "--num-workers", "0"]
     recipe = ["--batch-size", "8", "--epochs", str(EPOCHS), "--ema-decay", "0.9", "--max-lr", str(FIRST_MAX_LR)]
-    assert main([*flags, *recipe, "--precision", "32-true", "--accelerator", "cpu", "--devices", "1"]) == 0
+    assert main([*flags, *recipe, "--precision", "32-true", *CPU_FLAGS]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["max_lr"] == FIRST_MAX_LR
     pd.testing.assert_frame_equal(epoch_table(out / "logs" / "metrics.csv"), before)
     assert len(before) == EPOCHS and (out / "images" / "training_curves.png").is_file()
@@ -257,7 +257,7 @@ def test_resume_from_a_damaged_checkpoint_is_one_clear_line_before_any_work(
     write(checkpoint)
     before = checkpoint.read_bytes()
     flags = ["--data-dir", str(image_folder), "--out", str(tmp_path / "run"), "--resume", "--max-lr", max_lr]
-    assert main([*flags, "--num-workers", "0", "--accelerator", "cpu", "--devices", "1"]) == 2
+    assert main([*flags, "--num-workers", "0", *CPU_FLAGS]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"error: --resume: {checkpoint} ") and named in error
     assert error.endswith("; --overwrite instead of --resume starts a new run there")

@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from learning_helpers import CPU, CPU_FLAGS
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.optim.swa_utils import AveragedModel
@@ -24,11 +25,6 @@ from era_utils.model import CustomResNet
 from era_utils.train import build_datamodule, build_net, build_trainer, ema_with_warmup, fit, main, parse_args
 from era_utils.train_config import ConfigError, TrainConfig
 from era_utils.transforms import eval_transforms
-
-# Training tests run on one CPU process: "auto" would switch precision on a GPU runner and start DDP inside
-# pytest on a multi-GPU one.
-CPU = dict(accelerator="cpu", devices="1")
-CPU_FLAGS = ["--accelerator", "cpu", "--devices", "1"]
 
 
 def _cfg(image_folder, out, **overrides) -> TrainConfig:
