@@ -165,26 +165,24 @@ def _foreign_json(app_dir: Path, tmp_path: Path) -> list[str]:
     return ["--weights", str(app_dir / WEIGHTS_NAME)]
 
 
-def _other_classes(app_dir: Path, tmp_path: Path) -> list[str]:
-    """The JSON names the classes in another order (the weights, and their sha256, are untouched)."""
+def _with_json(app_dir: Path, edit: Callable[[dict], dict]) -> list[str]:
+    """The JSON replaced by `edit` of it; the weights, and their sha256, are untouched."""
     config_path = app_dir / CONFIG_NAME
-    config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps(config | {"classes": config["classes"][::-1]}))
+    config_path.write_text(json.dumps(edit(json.loads(config_path.read_text()))))
     return ["--weights", str(app_dir / WEIGHTS_NAME)]
+
+
+def _other_classes(app_dir: Path, tmp_path: Path) -> list[str]:
+    """The JSON names the classes in another order."""
+    return _with_json(app_dir, lambda config: config | {"classes": config["classes"][::-1]})
 
 
 def _json_without_classes(app_dir: Path, tmp_path: Path) -> list[str]:
-    config_path = app_dir / CONFIG_NAME
-    config = json.loads(config_path.read_text())
-    del config["classes"]
-    config_path.write_text(json.dumps(config))
-    return ["--weights", str(app_dir / WEIGHTS_NAME)]
+    return _with_json(app_dir, lambda config: {k: v for k, v in config.items() if k != "classes"})
 
 
 def _text_class_count(app_dir: Path, tmp_path: Path) -> list[str]:
-    config_path = app_dir / CONFIG_NAME
-    config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {"num_classes": "ten"}))
-    return ["--weights", str(app_dir / WEIGHTS_NAME)]
+    return _with_json(app_dir, lambda config: config | {"num_classes": "ten"})
 
 
 def _with_its_sha256(app_dir: Path, write: Callable[[Path], object]) -> list[str]:
