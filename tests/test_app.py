@@ -1024,7 +1024,7 @@ def test_controls_appear_with_the_choices_they_belong_to(sp: space.SpaceApp) -> 
     """Ticking "Show heatmaps" shows their controls and gallery (unticking hides them); picking a class hides the
     count of top classes, which then does not apply; a method shows its one-line description."""
     demo = sp.build()
-    blocks = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    blocks = _blocks(demo, gr.blocks.Block)  # every kind: checkboxes, sliders, galleries, the legend
 
     def handler(source: str) -> Any:
         [found] = [f for f in demo.fns.values() if f.inputs == [blocks[source]]]
