@@ -20,7 +20,8 @@ def epoch_table(metrics_csv: str | Path) -> pd.DataFrame:
         # LearningRateMonitor's rows carry a step but no epoch: place each in the epoch whose last step covers it.
         epoch_ends = raw.dropna(subset=["epoch"]).groupby("epoch")["step"].max()
         lr = raw.dropna(subset=[lr_columns[0]])
-        position = np.searchsorted(epoch_ends.to_numpy(), lr["step"].to_numpy()).clip(max=len(epoch_ends) - 1)
+        lr = lr[lr["step"] <= epoch_ends.iloc[-1]]  # an interrupted run's unfinished epoch has no row
+        position = np.searchsorted(epoch_ends.to_numpy(), lr["step"].to_numpy())
         table["lr"] = lr.groupby(epoch_ends.index[position])[lr_columns[0]].last()
     table = table.dropna(subset=[c for c in ("train_loss", "val_loss") if c in table.columns], how="all")
     table.index = table.index.astype(int) + 1

@@ -1,4 +1,5 @@
-"""Export round trip, evaluate's JSON, misclassified export, Grad-CAM, the epoch table and the report figures."""
+"""Export round trip, evaluate's JSON and data, misclassified export, Grad-CAM, the epoch table, the report figures and
+the device the report runs on."""
 
 import json
 import warnings
@@ -13,12 +14,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from era_utils import artifacts, plots, train
+from era_utils import artifacts, evaluate, gradcam, plots, train
 from era_utils.config import CIFAR_MEAN, CIFAR_STD, CLASS_NAMES, NUM_CLASSES
-from era_utils.data import CIFAR10DataModule
+from era_utils.data import CIFAR10DataModule, load_split
 from era_utils.evaluate import main as evaluate_main
-from era_utils.export import CONFIG_NAME, export_model, load_model
+from era_utils.export import CONFIG_NAME, WEIGHTS_NAME, export_model, load_model, to_plain_state
 from era_utils.gradcam import gradcam_grid, gradcam_masks, gradcam_overlays
+from era_utils.hardware import device_for
 from era_utils.history import epoch_table
 from era_utils.misclassified import (
     caption,
@@ -31,7 +33,7 @@ from era_utils.misclassified import (
 from era_utils.model import GRADCAM_LAYERS, CustomResNet
 from era_utils.plots import per_class_accuracy
 from era_utils.train_config import TrainConfig
-from era_utils.transforms import MEAN_PIXEL
+from era_utils.transforms import MEAN_PIXEL, denormalize, eval_transforms
 
 
 @pytest.fixture
@@ -61,6 +63,18 @@ def test_export_round_trip_predicts_identically(trained_net, test_batch, tmp_pat
     assert config["classes"] == list(CLASS_NAMES) and config["logit_scale"] == 0.125
     assert config["parameters"] == 6_573_130 and set(config["gradcam_layers"]) == set(GRADCAM_LAYERS)
     assert set(load_file(str(weights))) == set(trained_net.state_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]  # no temporary file left over
+
+
+def test_plain_state_of_a_lightning_modules_state_loads_strictly_into_the_network():
+    """`to_plain_state` keeps the `net.` entries without their prefix, and only those."""
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.net, module.other = CustomResNet(NUM_CLASSES), torch.nn.Linear(2, 2)
+    state = to_plain_state(module.state_dict())
+    net = CustomResNet(NUM_CLASSES)
+    net.load_state_dict(state)  # strict: no key missing or left over
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
 
 
 def test_tampered_weights_are_refused(trained_net, tmp_path):
@@ -86,6 +100,28 @@ def test_evaluate_prints_one_json_line_matching_a_direct_computation(
     assert report["accuracy"] == round((logits.argmax(1) == labels).float().mean().item(), 4)
     assert report["accuracy_tta"] == round((tta.argmax(1) == labels).float().mean().item(), 4)
     assert set(report["per_class"]) == set(CLASS_NAMES) and set(report["per_class_tta"]) == set(CLASS_NAMES)
+
+
+def test_evaluate_predicts_the_test_split_only_normalized(trained_net, image_folder, tmp_path, monkeypatch):
+    """evaluate's dataset is the test split through `eval_transforms`, in order: an augmenting pipeline (random crop,
+    flip, cutout) or the training split would report another accuracy, which a random network's near-constant
+    answers would not show."""
+    weights = export_model(trained_net, tmp_path)
+
+    class Predicting(Exception):
+        pass
+
+    def stop(net, dataset, *args, **kwargs):
+        raise Predicting(dataset)
+
+    monkeypatch.setattr(evaluate, "predict", stop)
+    with pytest.raises(Predicting) as predicting:
+        evaluate_main(["--weights", str(weights), "--data-dir", str(image_folder)])
+    (dataset,) = predicting.value.args
+    split = load_split("test", image_folder)
+    assert len(dataset) == len(split.labels) == 30
+    for i, (image, label) in enumerate(dataset):
+        assert torch.equal(image, eval_transforms()(image=split.images[i])["image"]) and label == split.labels[i]
 
 
 def test_evaluate_with_missing_weights_is_a_clear_error(image_folder, tmp_path, capsys):
@@ -163,6 +199,17 @@ def test_sample_grid_shows_training_images_as_augmented(
         assert (np.abs(image * 255 - np.asarray(MEAN_PIXEL)) <= 0.5).all(-1).any(), "an image without its cutout"
 
 
+def test_sample_grid_draws_each_training_image_at_most_once(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked for as many samples as the split holds (4 per class), the grid shows each image once: a draw with
+    replacement would repeat some and leave others out."""
+    shown = {}
+    monkeypatch.setattr(plots, "image_grid", lambda images, captions, *a, **k: shown.update(captions=captions))
+    artifacts.save_samples(CIFAR10DataModule(image_folder, num_workers=0), tmp_path / "samples.png", n=40)
+    assert sorted(shown["captions"]) == sorted(CLASS_NAMES * 4)
+
+
 @pytest.mark.parametrize("layer", list(GRADCAM_LAYERS))
 def test_gradcam_maps_and_heatmap_only_overlays_at_every_layer(trained_net, test_batch, layer):
     images = test_batch[0][:3]
@@ -195,6 +242,19 @@ def test_gradcam_grid_saves_a_figure(trained_net, test_batch, tmp_path):
     assert (tmp_path / "g.png").stat().st_size > 0
 
 
+def test_gradcam_grid_has_the_photos_then_one_captioned_row_per_layer(trained_net, test_batch, monkeypatch):
+    """Row 1: the photos under their captions; then each layer's overlays, each under that layer's name and map size,
+    with one column per image."""
+    images = test_batch[0][:3]
+    shown = {}
+    monkeypatch.setattr(gradcam, "image_grid", lambda *args, **kwargs: shown.update(kwargs, args=args))
+    gradcam_grid(trained_net, images, ["a", "b", "c"], ["layer3", "prep"], opacity=0.25)
+    cells, captions, _ = shown["args"]
+    assert shown["title"].startswith("Grad-CAM of the predicted class, heatmap opacity 0.25: photo")
+    assert len(cells) == 9 and np.array_equal(cells[:3], denormalize(images.numpy())) and shown["ncols"] == 3
+    assert captions == ["a", "b", "c"] + ["layer3 (4×4)"] * 3 + ["prep (32×32)"] * 3
+
+
 def test_epoch_table_collapses_lightning_csv_rows_per_epoch(tmp_path):
     rows = [
         {"step": 9, "lr-AdamW/pg1": 0.001},
@@ -210,6 +270,33 @@ def test_epoch_table_collapses_lightning_csv_rows_per_epoch(tmp_path):
     assert list(table.index) == [1, 2]
     assert list(table["val_acc"]) == [0.4, 0.6] and list(table["train_loss"]) == [1.8, 1.4]
     assert list(table["lr"]) == [0.002, 0.003]
+
+
+def test_epoch_table_keeps_epochs_without_validation_and_leaves_out_the_test_row(tmp_path):
+    """An epoch whose validation did not run is still an epoch of training; the row `trainer.test` logs after the last
+    epoch is not one."""
+    rows = [
+        {"epoch": 0, "step": 9, "val/loss": 1.5, "val/acc": 0.4},
+        {"epoch": 0, "step": 9, "train/loss": 1.8, "train/acc": 0.3},
+        {"epoch": 1, "step": 19, "train/loss": 1.4, "train/acc": 0.5},
+        {"epoch": 2, "step": 20, "test/loss": 1.3, "test/acc": 0.6},
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
+    table = epoch_table(tmp_path / "metrics.csv")
+    assert list(table.index) == [1, 2] and list(table["train_loss"]) == [1.8, 1.4]
+    assert table["val_loss"][1] == 1.5 and np.isnan(table["val_loss"][2])
+
+
+def test_epoch_table_of_a_log_cut_mid_epoch_gives_each_finished_epoch_its_own_last_rate(tmp_path):
+    """An interrupted run's log ends with rates logged in its unfinished epoch: they belong to no row of the table."""
+    rows = [
+        {"step": 9, "lr-AdamW/pg1": 0.001},
+        {"epoch": 0, "step": 9, "train/loss": 1.8, "val/loss": 1.5},
+        {"step": 19, "lr-AdamW/pg1": 0.002},
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
+    table = epoch_table(tmp_path / "metrics.csv")
+    assert list(table.index) == [1] and list(table["lr"]) == [0.001]
 
 
 def test_per_class_accuracy_plots_only_the_classes_present(tmp_path):
@@ -232,8 +319,10 @@ def test_report_figures_read_true_by_row_and_caption_true_then_predicted(
     Swapped arguments would only mislabel the README's figures, which no other test looks at. On a fast dev run's
     subset spread over the split, each PNG and grid image is a test image of the true class its name gives (the
     split's image at the subset's place, or another mistake's, would not be)."""
-    drawn, draw_confusion = {}, plots.confusion
-    monkeypatch.setattr(plots, "confusion", lambda *a: drawn.setdefault("confusion", draw_confusion(*a)))
+    drawn, draw_confusion, draw_per_class = {}, plots.confusion, plots.per_class_accuracy
+    # Each figure by the name of the file it is saved to, which the README shows.
+    monkeypatch.setattr(plots, "confusion", lambda *a: drawn.setdefault(a[2].name, draw_confusion(*a)))
+    monkeypatch.setattr(plots, "per_class_accuracy", lambda *a: drawn.setdefault(a[2].name, draw_per_class(*a)))
     monkeypatch.setattr(
         plots, "image_grid", lambda images, captions, *a, **k: drawn.setdefault("grid", (images, captions))
     )
@@ -246,19 +335,43 @@ def test_report_figures_read_true_by_row_and_caption_true_then_predicted(
         batch_size=10,
     )
     dm = train.build_datamodule(cfg)
+    trained_net.logit_scale = 8.0  # confident enough that the true class's probability is not the prediction's
     preds, metrics = artifacts.report(cfg, trained_net, dm)
-    cells = drawn["confusion"].axes[0].collections[0].get_array().reshape(NUM_CLASSES, NUM_CLASSES)
+    cells = drawn["confusion_matrix.png"].axes[0].collections[0].get_array().reshape(NUM_CLASSES, NUM_CLASSES)
     assert np.array_equal(cells, np.asarray(metrics["confusion"]))
     assert np.array_equal(cells.sum(1), np.bincount(preds.labels, minlength=NUM_CLASSES))  # rows: true classes
+    bars = drawn["per_class_accuracy.png"].axes[0].containers[0]  # each true class's recall, in %
+    assert [bar.get_height() / 100 for bar in bars] == pytest.approx(list(metrics["per_class"].values()), abs=1e-4)
     files = sorted(p.name for p in (tmp_path / "misclassified_images").glob("*.png"))
-    named = [f"{CLASS_NAMES[true]} → {CLASS_NAMES[pred]}" for true, pred, _ in map(parse_file_name, files)]
-    grid_images, captions = drawn["grid"]
-    assert len(named) >= 2 and [c.split(" (")[0] for c in captions] == named
+    grid_images, captions = drawn["grid"]  # confidence: the prediction's probability, as in the file name
+    assert len(files) >= 2 and captions == [caption(*parse_file_name(name)) for name in files]
     test = dm.test_split
     for name, image in zip(files, grid_images, strict=True):
         saved = np.asarray(Image.open(tmp_path / "misclassified_images" / name))
         assert np.array_equal(saved, image), name
         assert any(np.array_equal(saved, x) for x in test.images[test.labels == parse_file_name(name)[0]]), name
+
+
+def test_reports_cover_the_whole_test_split_unless_a_fast_dev_run(image_folder, tmp_path):
+    """A full run's figures, mistakes and model.json metrics are of every test image; a fast dev run's of one batch
+    spread over the class-sorted split."""
+    for fast_dev_run in (False, True):
+        cfg = TrainConfig(data_dir=str(image_folder), out=str(tmp_path), batch_size=10, fast_dev_run=fast_dev_run)
+        dm = train.build_datamodule(cfg)
+        indices = artifacts.report_indices(cfg, dm)
+        if fast_dev_run:
+            assert len(indices) == 10 and set(dm.test_split.labels[indices]) == set(range(NUM_CLASSES))
+        else:
+            assert list(indices) == list(range(30))
+
+
+def test_the_report_runs_on_the_gpu_exactly_when_the_run_trains_on_one(monkeypatch):
+    """`gpu` and `cuda` name the GPU; `auto` means it only where CUDA is available (else the report would fail to
+    reach a GPU that is not there, or run minutes on the CPU beside an idle one)."""
+    for available in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        for accelerator, on_gpu in (("cpu", False), ("gpu", True), ("cuda", True), ("auto", available)):
+            assert device_for(TrainConfig(accelerator=accelerator)).type == ("cuda" if on_gpu else "cpu"), accelerator
 
 
 def test_training_curves_plot_each_stage_its_own_loss_and_accuracy_in_percent(tmp_path):
@@ -298,5 +411,6 @@ def test_export_replaces_the_mistakes_of_a_previous_export(tmp_path):
     folder.mkdir()
     (folder / "01_cat_as_dog_99pct.png").write_bytes(b"an older run's")
     (folder / "notes.txt").write_text("not an exported mistake")
+    (folder / "grid.png").write_bytes(b"nor is this picture")
     paths = export_misclassified(images, labels, probs, folder, n=2)
-    assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in paths] + ["notes.txt"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in paths] + ["grid.png", "notes.txt"])
