@@ -2,13 +2,14 @@
 line and exit code 2, with the files of earlier runs left as they were."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 from learning_helpers import CPU, CPU_FLAGS
 
-from era_utils.train import TrainingDivergedError, build_datamodule, build_net, fit, main
+from era_utils.train import StopOnDivergence, TrainingDivergedError, build_datamodule, build_net, fit, main
 from era_utils.train_config import TrainConfig
 
 
@@ -50,3 +51,15 @@ def test_a_run_diverging_in_a_later_epoch_keeps_the_checkpoint_of_the_epoch_befo
     checkpoint = torch.load(cfg.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 0
     assert all(t.isfinite().all() for t in checkpoint["state_dict"].values())
+
+
+def test_a_single_weight_gone_nan_stops_the_run() -> None:
+    """A NaN or infinity from the epoch's last step has not spread to the other weights yet (the runs above spread
+    it over a whole epoch): one element of one tensor is enough, or its checkpoint would replace the good one."""
+    net = torch.nn.Linear(3, 2)
+    StopOnDivergence().on_train_epoch_end(SimpleNamespace(current_epoch=2), net)  # finite: goes on
+    for bad in (float("nan"), float("inf")):
+        with torch.no_grad():
+            net.weight[0, 0] = bad
+        with pytest.raises(TrainingDivergedError, match="in epoch 3"):
+            StopOnDivergence().on_train_epoch_end(SimpleNamespace(current_epoch=2), net)

@@ -19,10 +19,13 @@ from era_utils.config import NUM_CLASSES
 from era_utils.data import CIFAR10DataModule
 from era_utils.lit_module import LitClassifier
 from era_utils.model import CustomResNet
+from era_utils.train_config import TrainConfig
 from era_utils.transforms import eval_transforms
 
 # Where the README's Hyperparameters table states each knob of the recipe: (row, pattern of the value).
 README_ROWS = {
+    "epochs": ("epochs", r"(\d+)"),
+    "batch_size": ("batch size", r"(\d+)"),
     "weight_decay": ("optimizer", r"weight decay ([\d.]+)"),
     "label_smoothing": ("loss", r"label smoothing ([\d.]+)"),
     "logit_scale": ("loss", r"logits scaled by ([\d.]+)"),
@@ -57,7 +60,9 @@ def cpu_trainer(**kwargs) -> L.Trainer:
 
 def test_the_config_defaults_are_the_readme_recipe(squares_fit):
     cfg, hp = squares_fit.cfg, squares_fit.lit.hparams
-    assert {k: getattr(cfg, k) for k in README_RECIPE} == README_RECIPE
+    assert {k: getattr(TrainConfig(), k) for k in README_RECIPE} == README_RECIPE
+    # The shared fit trains with the recipe but for its own length and batch size.
+    assert {k: getattr(cfg, k) for k in README_RECIPE} == README_RECIPE | {"epochs": 3, "batch_size": 20}
     assert (hp.div_factor, hp.final_div_factor) == (DIV, FINAL_DIV)
     assert squares_fit.lit.net.logit_scale == cfg.logit_scale
 

@@ -14,7 +14,7 @@ from era_utils.hardware import cpu_has_fast_bf16
 from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.model import CustomResNet
 from era_utils.train import build_datamodule, run_lr_finder
-from era_utils.train_config import TrainConfig
+from era_utils.train_config import FAST_DEV_LR_FIND_ITERS, TrainConfig
 
 START_LR, END_LR, NUM_ITER = 1e-7, 0.1, 20  # up to 0.1, not 10: no early stop on divergence
 
@@ -143,11 +143,12 @@ def test_range_test_optimizer_decays_conv_and_linear_weights_only(monkeypatch: p
     assert checked == {"bn": 8, "conv": 8, "linear": 1}
 
 
-def test_training_lr_finder_uses_the_runs_weight_decay_and_label_smoothing(
+def test_training_lr_finder_uses_the_runs_weight_decay_label_smoothing_and_batches(
     image_folder, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """run_lr_finder leaving out weight_decay or label_smoothing would range-test another loss or optimizer than
-    the one the run trains with (find_lr's default smoothing is 0)."""
+    the one the run trains with (find_lr's default smoothing is 0); it runs `lr_find_iters` batches, and a smoke
+    run's few (not its 200 by default)."""
     calls = []
 
     def fake_find_lr(net, loader, **kwargs) -> LRFinderResult:
@@ -156,16 +157,24 @@ def test_training_lr_finder_uses_the_runs_weight_decay_and_label_smoothing(
 
     monkeypatch.setattr(train, "find_lr", fake_find_lr)
     cfg = TrainConfig(
-        data_dir=str(image_folder), out=str(tmp_path), num_workers=0, weight_decay=0.07, label_smoothing=0.15
+        data_dir=str(image_folder),
+        out=str(tmp_path),
+        num_workers=0,
+        weight_decay=0.07,
+        label_smoothing=0.15,
+        lr_find_iters=30,
     )
-    net = CustomResNet(NUM_CLASSES)
-    result = run_lr_finder(cfg, net, build_datamodule(cfg))
+    net, dm = CustomResNet(NUM_CLASSES), build_datamodule(cfg)
+    result = run_lr_finder(cfg, net, dm)
     ((net_seen, loader, kwargs),) = calls
     assert result.suggested_lr == 1e-3
     assert net_seen is net
     assert isinstance(loader, DataLoader)
     assert kwargs.get("weight_decay") == 0.07
     assert kwargs.get("label_smoothing") == 0.15
+    assert kwargs.get("num_iter") == 30
+    run_lr_finder(replace(cfg, fast_dev_run=True), net, dm)
+    assert calls[-1][2].get("num_iter") == FAST_DEV_LR_FIND_ITERS
 
 
 def test_a_given_max_lr_is_trained_at_and_the_range_test_still_runs_for_its_plot(

@@ -3,9 +3,10 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 from era_utils.config import NUM_CLASSES
-from era_utils.model import GRADCAM_LAYERS, CustomResNet, gradcam_layer
+from era_utils.model import GRADCAM_LAYERS, CustomResNet, ResidualLayer, conv_bn, gradcam_layer
 
 
 def test_parameter_count_is_pinned():
@@ -63,3 +64,27 @@ def test_config_and_model_import_without_lightning_or_torch():
         "import era_utils.model; assert 'lightning' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_conv_bn_pools_between_the_conv_and_the_batch_norm():
+    """Page's order, conv -> max pool 2 -> batch norm -> ReLU. Pooling after the ReLU, or a ReLU left out, keeps every
+    shape and the parameter count, so the checks above cannot see it."""
+    assert [type(m) for m in conv_bn(3, 8, pool=True)] == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU]
+    assert [type(m) for m in conv_bn(3, 8)] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+
+
+def test_residual_layers_add_their_block_and_the_head_max_pools_the_4x4_map():
+    """layer1 and layer3 return conv(x) + residual(conv(x)), and the head takes each channel's maximum over the 4x4
+    map: a residual sum left out or an average pool keeps every shape and the parameter count."""
+    torch.manual_seed(0)
+    net = CustomResNet(NUM_CLASSES, logit_scale=0.125).eval()
+    x = torch.randn(2, 3, 32, 32)
+
+    def residual_layer(layer: ResidualLayer, h: torch.Tensor) -> torch.Tensor:
+        h = layer.conv(h)
+        return h + layer.residual(h)
+
+    with torch.no_grad():
+        h = residual_layer(net.layer3, net.layer2(residual_layer(net.layer1, net.prep(x))))
+        assert h.shape[-2:] == (4, 4)
+        torch.testing.assert_close(net(x), net.fc(h.amax(dim=(2, 3))) * 0.125)

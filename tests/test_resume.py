@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 
 from era_utils.data import CIFAR10DataModule
 from era_utils.history import KeepLogOnResume, epoch_table
-from era_utils.lit_module import CheckpointMismatchError
-from era_utils.train import build_datamodule, build_net, choose_max_lr, fit, main
+from era_utils.lit_module import CheckpointMismatchError, RecipeCheck
+from era_utils.train import build_datamodule, build_net, build_trainer, choose_max_lr, fit, main
 
 EPOCHS, STEPS_PER_EPOCH = 2, 5  # 40 training images in batches of 8
 
@@ -160,6 +160,9 @@ def finished_run(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_resume_takes_the_checkpoints_max_lr_and_does_not_run_the_lr_finder(image_folder, finished_run):
     cfg = cpu_config(image_folder, finished_run, max_lr=None, resume=True)
     assert choose_max_lr(cfg, build_net(cfg), build_datamodule(cfg)) == FIRST_MAX_LR
+    # A max LR given is kept, not replaced by the checkpoint's: `fit` refuses it if it differs (tested below).
+    given = cpu_config(image_folder, finished_run, max_lr=0.02, resume=True)
+    assert choose_max_lr(given, build_net(given), build_datamodule(given)) == 0.02
 
 
 @pytest.mark.parametrize(
@@ -188,6 +191,19 @@ def test_resume_with_other_settings_is_refused_and_leaves_the_checkpoint_and_log
     with pytest.raises(CheckpointMismatchError, match=named):
         _fit(image_folder, finished_run, resume=True, **({"max_lr": FIRST_MAX_LR} | change))
     assert (checkpoint.read_bytes(), log.read_bytes()) == before
+
+
+def test_the_recipe_check_holds_every_setting_outside_the_module(image_folder, tmp_path):
+    """The settings a resume must keep besides the module's hyperparameters, by name: one left out would resume
+    silently with another recipe. per_class is the one the refusals above cannot show, as any other subset of this
+    folder changes OneCycle's length too."""
+    cfg = cpu_config(image_folder, tmp_path, per_class=3, flip="alternating", ghost_batch_size=4)
+    (check,) = [cb for cb in build_trainer(cfg).callbacks if isinstance(cb, RecipeCheck)]
+    names = ("epochs", "batch_size", "seed", "flip", "ghost_batch_size", "ema_decay", "logit_scale", "per_class")
+    recipe = {name: getattr(cfg, name) for name in names}
+    assert check.state_dict() == recipe
+    with pytest.raises(CheckpointMismatchError, match="per_class: 4 in the checkpoint, 3 now"):
+        check.load_state_dict(recipe | {"per_class": 4})
 
 
 def test_resume_with_other_settings_is_one_clear_line_on_the_command_line(image_folder, finished_run, capsys):

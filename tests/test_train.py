@@ -185,8 +185,11 @@ def test_resume_and_overwrite_together_stop_with_one_clear_line(tmp_path, capsys
 
 
 def test_config_ranges_hold_outside_the_cli_too_and_accept_their_edges():
-    with pytest.raises(ConfigError, match="label_smoothing must be in"):
-        TrainConfig(label_smoothing=1.0)
+    # The open ends: smoothing 1 is a uniform target, an EMA at decay 1 never forgets the initial weights, and
+    # OneCycle's warm-up over none or all of the steps leaves no ramp up or no annealing.
+    for knob, edge in (("label_smoothing", 1.0), ("ema_decay", 1.0), ("pct_start", 0.0), ("pct_start", 1.0)):
+        with pytest.raises(ConfigError, match=f"{knob} must be in"):
+            TrainConfig(**{knob: edge})
     with pytest.raises(ConfigError, match="epochs must be a number, got '24'"):  # e.g. the notebook's OVERRIDES
         TrainConfig(epochs="24")
     with pytest.raises(ConfigError, match="flip must be one of random, alternating, got 'vertical'"):
