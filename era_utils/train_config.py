@@ -97,6 +97,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be {must_be}, got {value}")
         if self.resume and self.overwrite:
             raise ConfigError("resume continues the run in out and overwrite starts a new one there: choose one")
+        if self.resume and self.fast_dev_run:
+            raise ConfigError(
+                "resume continues the run in out and fast_dev_run is a smoke run, which continues none and writes no "
+                "checkpoint: choose one"
+            )
         if self.max_lr is None and self.lr_find_iters == 0 and not self.resume:
             raise ConfigError(
                 "max_lr 'finder' (None) takes the LR finder's suggestion, but lr_find_iters 0 runs no range test"

@@ -177,11 +177,15 @@ def test_out_of_range_flags_stop_with_one_clear_line_before_any_work(flag, value
     assert not out.exists()
 
 
-def test_resume_and_overwrite_together_stop_with_one_clear_line(tmp_path, capsys):
+@pytest.mark.parametrize("other", ["--overwrite", "--fast-dev-run"])
+def test_resume_with_overwrite_or_a_smoke_run_stops_with_one_clear_line(tmp_path, capsys, other):
+    """A smoke run writes no checkpoint, so "run once without --resume first" would send the user round in circles,
+    and on a real run's OUT the refusal named a OneCycle length, not the smoke run."""
     with pytest.raises(SystemExit) as stop:
-        main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--resume", "--overwrite"])
+        main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--resume", other])
     assert stop.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("choose one")
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert other.lstrip("-").replace("-", "_") in last_line and last_line.endswith("choose one")
 
 
 def test_config_ranges_hold_outside_the_cli_too_and_accept_their_edges():
