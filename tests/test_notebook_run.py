@@ -28,13 +28,13 @@ tables = load_file_module(REPO / "scripts", "readme_tables")
 
 
 def test_set_parses_each_value_as_its_fields_type():
-    items = "weight_decay=0.2 devices=1 seed=7 resume=true fast_dev_run=True precision=none flip=alternating"
+    items = "weight_decay=0.2 devices=1 seed=7 overwrite=true fast_dev_run=True precision=none flip=alternating"
     overrides = runner.parse_overrides(items.split())
     assert overrides == {
         "weight_decay": 0.2,
         "devices": "1",  # a str field: "1" stays a string, as the notebook's OVERRIDES had it
         "seed": 7,
-        "resume": True,
+        "overwrite": True,
         "fast_dev_run": True,  # as Python writes it, too
         "precision": None,
         "flip": "alternating",
