@@ -429,8 +429,8 @@ def test_ema_gain_evaluates_the_averaged_and_the_raw_weights(bench, image_folder
     monkeypatch.setattr(ema_gain, "predict", predict)
     checkpoint = {"state_dict": states["ema"], "current_model_state": states["raw"], "epoch": 3, "global_step": 7}
     torch.save(checkpoint | {"callbacks": {"RecipeCheck": {"logit_scale": 0.5}}}, tmp_path / "last.ckpt")
-    monkeypatch.setattr(sys, "argv", ["ema_gain.py", "--checkpoint", str(tmp_path / "last.ckpt")])
-    monkeypatch.setattr(sys, "argv", sys.argv + ["--data-dir", str(image_folder)])
+    argv = ["ema_gain.py", "--checkpoint", str(tmp_path / "last.ckpt"), "--data-dir", str(image_folder)]
+    monkeypatch.setattr(sys, "argv", argv)
     ema_gain.main()
     assert json.loads(capsys.readouterr().out) == {
         "epoch": 3,

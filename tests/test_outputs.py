@@ -1,5 +1,4 @@
-"""Export round trip, evaluate's JSON and data, misclassified export, Grad-CAM, the epoch table, the report figures and
-the device the report runs on."""
+"""Export round trip, evaluate's JSON and data, misclassified export, Grad-CAM, the epoch table, the report figures."""
 
 import json
 import warnings
@@ -20,7 +19,6 @@ from era_utils.data import CIFAR10DataModule, load_split
 from era_utils.evaluate import main as evaluate_main
 from era_utils.export import CONFIG_NAME, WEIGHTS_NAME, export_model, load_model, to_plain_state
 from era_utils.gradcam import gradcam_grid, gradcam_masks, gradcam_overlays
-from era_utils.hardware import device_for
 from era_utils.history import epoch_table
 from era_utils.misclassified import (
     caption,
@@ -363,15 +361,6 @@ def test_reports_cover_the_whole_test_split_unless_a_fast_dev_run(image_folder, 
             assert len(indices) == 10 and set(dm.test_split.labels[indices]) == set(range(NUM_CLASSES))
         else:
             assert list(indices) == list(range(30))
-
-
-def test_the_report_runs_on_the_gpu_exactly_when_the_run_trains_on_one(monkeypatch):
-    """`gpu` and `cuda` name the GPU; `auto` means it only where CUDA is available (else the report would fail to
-    reach a GPU that is not there, or run minutes on the CPU beside an idle one)."""
-    for available in (False, True):
-        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
-        for accelerator, on_gpu in (("cpu", False), ("gpu", True), ("cuda", True), ("auto", available)):
-            assert device_for(TrainConfig(accelerator=accelerator)).type == ("cuda" if on_gpu else "cpu"), accelerator
 
 
 def test_training_curves_plot_each_stage_its_own_loss_and_accuracy_in_percent(tmp_path):

@@ -236,6 +236,16 @@ def test_fp32_and_true_fp16_on_a_cpu_are_not_warned_of_as_bf16(image_folder, tmp
             assert hardware.default_precision(_cfg(image_folder, tmp_path, accelerator="cpu", precision=asked)) == asked
 
 
+def test_the_report_and_lr_finder_run_on_the_gpu_exactly_when_the_run_trains_on_one(monkeypatch):
+    """`gpu` and `cuda` name the GPU; `auto` means it only where CUDA is available (else the report and the LR finder
+    would fail to reach a GPU that is not there, or run minutes on the CPU beside an idle one)."""
+    for available in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        for accelerator, on_gpu in (("cpu", False), ("gpu", True), ("cuda", True), ("auto", available)):
+            device = hardware.device_for(TrainConfig(accelerator=accelerator))
+            assert device.type == ("cuda" if on_gpu else "cpu"), accelerator
+
+
 @pytest.mark.parametrize(("native", "warned"), [(False, True), (True, False)], ids=["T4", "Ampere"])
 def test_asking_for_bf16_on_a_gpu_without_native_bf16_warns(image_folder, tmp_path, monkeypatch, native, warned):
     """Colab's T4 (compute capability 7.5) has no bf16 units: its default is 16-mixed, but OVERRIDES can ask for
