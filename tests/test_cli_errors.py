@@ -7,10 +7,9 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from learning_helpers import CPU, CPU_FLAGS
+from learning_helpers import CPU_FLAGS, cpu_config
 
 from era_utils.train import StopOnDivergence, TrainingDivergedError, build_datamodule, build_net, fit, main
-from era_utils.train_config import TrainConfig
 
 
 class PoisonInEpoch(L.Callback):
@@ -45,10 +44,10 @@ def test_a_diverging_run_stops_with_one_line_and_exports_nothing(image_folder: P
 def test_a_run_diverging_in_a_later_epoch_keeps_the_checkpoint_of_the_epoch_before(
     image_folder: Path, tmp_path: Path
 ) -> None:
-    cfg = TrainConfig(data_dir=str(image_folder), out=str(tmp_path), epochs=2, batch_size=8, num_workers=0, **CPU)
+    cfg = cpu_config(image_folder, tmp_path, epochs=2, batch_size=8)
     with pytest.raises(TrainingDivergedError, match="in epoch 2"):
         fit(cfg, build_net(cfg), build_datamodule(cfg), 0.01, extra_callbacks=[PoisonInEpoch(1)])
-    checkpoint = torch.load(cfg.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(cfg.last_checkpoint, map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 0
     assert all(t.isfinite().all() for t in checkpoint["state_dict"].values())
 
