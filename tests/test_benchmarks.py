@@ -145,17 +145,26 @@ def test_ghost_bn_speed_reports_the_median_step_and_its_ratio_to_plain(bench, tm
 
 def test_ghost_bn_speed_times_each_variant_after_a_warm_up_round(bench, monkeypatch):
     """`measure` keeps `repeats` steps of the whole network and of the batch-norm layers each, the first round
-    dropped, and every variant's network is built with that variant's layers."""
+    dropped, and each variant's timed network and timed layers are that variant's, not plain batch norm's."""
     ghost = bench("ghost_bn_speed")
     clock = iter(range(1, 1000))
     monkeypatch.setattr(ghost, "seconds", lambda step: next(clock) * (1 if "bn_step" in step.__qualname__ else 100))
+    timed_networks, timed_layers = [], []
+    net_step, bn_step = ghost.net_step, ghost.bn_step
+    monkeypatch.setattr(ghost, "net_step", lambda net, *a: timed_networks.append(bn_types(net)) or net_step(net, *a))
+    monkeypatch.setattr(ghost, "bn_step", lambda variant, *a: timed_layers.append(variant) or bn_step(variant, *a))
     times, bn_times = ghost.measure(Namespace(batch_size=4, ghost_batch_size=2, repeats=2))
     assert times["plain BN"] == [900, 1700] and bn_times["plain BN"] == [10, 18]
     assert times["var_mean (c)"] == [1500, 2300] and bn_times["var_mean (c)"] == [16, 24]
-    for variant in (v for v in ghost.VARIANTS.values() if v is not None):
-        layers = {type(m) for m in ghost.network(variant, 2).modules() if isinstance(m, torch.nn.BatchNorm2d)}
-        assert layers == {variant}
+    variants = list(ghost.VARIANTS.values())
+    assert timed_networks == [{v or torch.nn.BatchNorm2d} for v in variants] and timed_layers == variants
+    for variant in (v for v in variants if v is not None):
+        assert bn_types(ghost.network(variant, 2)) == {variant}
     assert {x.shape[0] for x in ghost.bn_inputs(6)} == {6}
+
+
+def bn_types(net: torch.nn.Module) -> set[type]:
+    return {type(m) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)}
 
 
 def test_ghost_bn_variants_keep_the_running_statistics_of_split(bench):
@@ -290,8 +299,9 @@ def test_app_latency_records_the_handlers_and_the_goals(bench, repo, tmp_path, t
     assert 0 < server["predict"]["p50_ms"] <= server["predict"]["p95_ms"] and server["predict"]["n"] == 5
     assert set(line["goals"]) == {"predict_p95_le_50ms", "one_heatmap_p95_le_300ms", "ten_heatmaps_p95_le_1500ms"}
     assert list(server["methods"]) == ["Grad-CAM"]
-    one = server["methods"]["Grad-CAM"]["one_heatmap"]
-    assert 0 < one["p50_ms"] <= one["p95_ms"] <= server["methods"]["Grad-CAM"]["ten_heatmaps"]["p95_ms"]
+    one, ten = server["methods"]["Grad-CAM"]["one_heatmap"], server["methods"]["Grad-CAM"]["ten_heatmaps"]
+    # medians, not p95s: one stall of the machine during a single heatmap must not fail the run
+    assert 0 < one["p50_ms"] <= one["p95_ms"] and one["p50_ms"] < ten["p50_ms"]
     assert "load" not in line and "client_side" not in line
 
 
