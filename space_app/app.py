@@ -2,6 +2,7 @@
 score), the model's most confident mistakes explained from both sides, and its test metrics.
 
 python app.py   # http://127.0.0.1:7860; GRADIO_SERVER_PORT / GRADIO_SERVER_NAME work as usual
+python app.py --model-dir ../runs/full   # the model a training run exported, instead of the committed one
 
 Every handler checks its inputs itself (events run with preprocess=False), so the API refuses what
 the sliders would never send: a bad value gets a gr.Error naming the limits, and the server goes on.
@@ -9,9 +10,11 @@ the sliders would never send: a bad value gets a gr.Error naming the limits, and
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,6 +36,7 @@ from inference import (
     Classifier,
     InputError,
     MisclassifiedStore,
+    ModelFilesError,
     enlarge,
     layer_label,
     open_image,
@@ -633,7 +637,8 @@ class SpaceApp:
         )
 
     def _mistake_column(self) -> _MistakeControls:
-        """A checkbox (disabled without stored mistakes), and how many mistakes to show."""
+        """A checkbox (disabled without stored mistakes), and how many mistakes to show (fixed at one if one is
+        stored: a Gradio slider needs a maximum above its minimum)."""
         n_store = len(self.store)
         with gr.Column(scale=1):
             show = gr.Checkbox(
@@ -644,11 +649,12 @@ class SpaceApp:
             )
             count = gr.Slider(
                 1,
-                max(n_store, 1),
+                max(n_store, 2),
                 value=min(10, max(n_store, 1)),
                 step=1,
                 label="How many (the most confident mistakes first)",
                 visible=False,
+                interactive=n_store > 1,
                 elem_id="mistake-count",
             )
         return _MistakeControls(show, count)
@@ -772,7 +778,7 @@ class SpaceApp:
         )
 
 
-def launch_options() -> dict[str, Any]:
+def launch_options(app_dir: Path = APP_DIR) -> dict[str, Any]:
     """launch() arguments; host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
 
     Uploads above max_file_size are refused by Gradio before any handler runs. The examples
@@ -783,13 +789,40 @@ def launch_options() -> dict[str, Any]:
         "show_error": True,  # a request Gradio itself refuses (say, text where a file belongs) says why
         "theme": gr.themes.Soft(),
         "css": CSS,
-        "allowed_paths": [str(APP_DIR / EXAMPLES_DIR)],
+        "allowed_paths": [str(Path(app_dir) / EXAMPLES_DIR)],
     }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="The Space's app, served on http://127.0.0.1:7860.")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=APP_DIR,
+        help="the folder a training run exported to: model.safetensors and model.json, with misclassified.npz "
+        "and examples/ if it has them (era_utils.train: its --app-dir, by default its --out; the notebook: "
+        "OUT/space_app). Default: this app's own folder, the committed model",
+    )
+    return p.parse_args(argv)
+
+
+def load_space(model_dir: Path) -> SpaceApp:
+    """The app for `model_dir`; files that are missing or do not load end the program with one error line (exit 2)."""
+    try:
+        return SpaceApp(model_dir)
+    except (ModelFilesError, OSError) as err:
+        print(
+            f"error: cannot serve the model in {model_dir}: {err}. --model-dir takes the folder a training run "
+            "exported to (era_utils.train: its --app-dir, by default its --out; the notebook: OUT/space_app)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from err
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    SpaceApp().build().launch(**launch_options())
+    load_space(args.model_dir).build().launch(**launch_options(args.model_dir))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import math
 import os
 import threading
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,19 @@ from safetensors.torch import load_file
 
 APP_DIR = Path(__file__).resolve().parent
 CONFIG_NAME = "model.json"
+# the keys of an exported model.json the app reads (metrics is optional: "About the model" then says so)
+CONFIG_KEYS = (
+    "weights_file",
+    "sha256",
+    "architecture",
+    "gradcam_layers",
+    "classes",
+    "num_classes",
+    "image_size",
+    "mean",
+    "std",
+    "logit_scale",
+)
 STORE_NAME = "misclassified.npz"
 EXAMPLES_DIR = "examples"
 
@@ -72,7 +86,13 @@ def load_config(app_dir: Path = APP_DIR) -> dict[str, Any]:
     config_path = app_dir / CONFIG_NAME
     if not config_path.is_file():
         raise ModelFilesError(f"missing {config_path}")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFilesError(f"{config_path} is not a JSON file ({err})") from err
+    missing = [key for key in CONFIG_KEYS if key not in config] if isinstance(config, dict) else list(CONFIG_KEYS)
+    if missing:
+        raise ModelFilesError(f"{config_path} lacks {', '.join(missing)}: it is not an exported model's model.json")
     weights = app_dir / config["weights_file"]
     if not weights.is_file():
         raise ModelFilesError(f"missing {weights}")
@@ -348,9 +368,12 @@ class MisclassifiedStore:
     @classmethod
     def load(cls, path: Path, classes: Sequence[str], image_size: int) -> MisclassifiedStore:
         """The store in `path`, checked against the model's classes and image size (ModelFilesError if not)."""
-        with np.load(path, allow_pickle=False) as data:
-            store = cls(data["images"], data["labels"], data["preds"], data["confidences"])
-            stored_classes = [str(c) for c in data["classes"]] if "classes" in data else list(classes)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                store = cls(data["images"], data["labels"], data["preds"], data["confidences"])
+                stored_classes = [str(c) for c in data["classes"]] if "classes" in data else list(classes)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise ModelFilesError(f"{path} is not a readable store of mistakes ({err})") from err
         n = len(store.labels)
         if store.images.dtype != np.uint8 or store.images.shape[1:] != (image_size, image_size, 3):
             raise ModelFilesError(f"{path}: images must be uint8 (N, {image_size}, {image_size}, 3)")

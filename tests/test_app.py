@@ -180,6 +180,25 @@ def test_a_model_json_that_does_not_fit_the_network_is_refused(tmp_path: Path, c
         inference.load_config(app_copy)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "model.json is not a JSON file"),
+        ('{"classes": ["cat"]}', "model.json lacks weights_file, sha256, architecture, gradcam_layers, num_classes,"),
+        ("[1, 2]", "model.json lacks weights_file"),
+    ],
+)
+def test_a_model_json_that_is_not_an_exported_models_is_refused_by_name(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    """Not JSON, or JSON without the keys an export writes: a ModelFilesError naming the file and what it lacks (the
+    app's start-up turns it into one error line), not a JSONDecodeError or KeyError."""
+    app_copy = copy_app(tmp_path / "space_app")
+    (app_copy / "model.json").write_text(text)
+    with pytest.raises(inference.ModelFilesError, match=message):
+        inference.load_config(app_copy)
+
+
 def test_model_loads_in_eval_mode_with_settings_from_json(sp: space.SpaceApp) -> None:
     cfg = json.loads((APP_DIR / "model.json").read_text())
     assert not sp.clf.net.training
@@ -882,6 +901,7 @@ STORE_FAULTS = {
     "float images": (lambda d: d | {"images": d["images"].astype(np.float32)}, "must be uint8"),
     "28x28 images": (lambda d: d | {"images": d["images"][:, :28, :28]}, "must be uint8"),
     "a confidence short": (lambda d: d | {"confidences": d["confidences"][:-1]}, "differ in length"),
+    "no predictions": (lambda d: {name: a for name, a in d.items() if name != "preds"}, "not a readable store"),
 }
 
 
@@ -900,6 +920,13 @@ def test_a_misclassified_store_that_does_not_fit_the_model_is_refused(
         inference.MisclassifiedStore.load(path, sp.clf.classes, sp.clf.image_size)
     np.savez(path, **arrays)
     assert len(inference.MisclassifiedStore.load(path, sp.clf.classes, sp.clf.image_size)) == len(sp.store)
+
+
+def test_a_store_that_is_not_an_npz_file_is_refused_by_name(sp: space.SpaceApp, tmp_path: Path) -> None:
+    path = tmp_path / "misclassified.npz"
+    path.write_bytes(b"not a zip archive")
+    with pytest.raises(inference.ModelFilesError, match=f"{re.escape(str(path))} is not a readable store"):
+        inference.MisclassifiedStore.load(path, sp.clf.classes, sp.clf.image_size)
 
 
 BAD_GALLERY_ARGS = [

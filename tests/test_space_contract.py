@@ -1,6 +1,7 @@
 """What the training package hands the Space and what the Space must do with it: the normalization statistics
 (the same in era_utils.config, the README and the committed model.json), an exported model giving the Space the
-probabilities the training preprocessing gives, and heatmaps drawn where the mask is, not transposed or flipped.
+probabilities the training preprocessing gives, a training run's export served with `--model-dir`, and heatmaps
+drawn where the mask is, not transposed or flipped.
 
 Runs without the committed weights: the model is a small seeded export into a temporary copy of the Space.
 """
@@ -11,8 +12,10 @@ import json
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from app_helpers import APP_DIR, REPO, copy_app
 from PIL import Image
@@ -23,7 +26,8 @@ from era_utils.export import export_model
 from era_utils.model import CustomResNet
 
 sys.path.insert(0, str(APP_DIR))
-import inference  # noqa: E402  (space_app/ is a folder of scripts, not a package)
+import app as space  # noqa: E402  (space_app/ is a folder of scripts, not a package)
+import inference  # noqa: E402
 
 
 def readme_statistics() -> tuple[list[float], list[float]]:
@@ -81,6 +85,74 @@ def test_exported_model_gives_the_space_the_probabilities_of_the_training_prepro
     for image in images:  # a 32x32 image reaches the network unchanged
         assert np.array_equal(clf.model_input(Image.fromarray(image)), image)
     np.testing.assert_allclose(clf.probabilities(images), expected, atol=1e-5)
+
+
+def serve(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> SimpleNamespace:
+    """What `python app.py ARGV` would serve: the app it built and the launch options, without a server."""
+    served = SimpleNamespace()
+
+    def build(app: space.SpaceApp) -> SimpleNamespace:
+        served.app = app
+        return SimpleNamespace(launch=lambda **options: setattr(served, "options", options))
+
+    monkeypatch.setattr(space.SpaceApp, "build", build)
+    space.main(argv)
+    return served
+
+
+def test_model_dir_serves_the_model_a_training_run_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--model-dir OUT` serves OUT's weights (not the committed ones), its examples allowed; without it, the app's."""
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    export_model(CustomResNet(NUM_CLASSES).eval(), run)
+    exported_sha = json.loads((run / "model.json").read_text())["sha256"]
+    served = serve(monkeypatch, ["--model-dir", str(run)])
+    assert served.app.clf.config["sha256"] == exported_sha
+    assert served.options["allowed_paths"] == [str(run / "examples")]
+    committed = serve(monkeypatch, [])
+    assert committed.app.clf.config["sha256"] == json.loads((APP_DIR / "model.json").read_text())["sha256"]
+    assert committed.app.clf.config["sha256"] != exported_sha
+    assert committed.options["allowed_paths"] == [str(APP_DIR / "examples")]
+
+
+@pytest.mark.parametrize("damage", ["no model.json", "bad model.json"])
+def test_model_dir_without_a_loadable_model_ends_in_one_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, damage: str
+) -> None:
+    """A notebook run's OUT instead of OUT/space_app, or a damaged model.json: one line saying which folder is
+    wanted and exit code 2, not a traceback."""
+    run = tmp_path / "run"
+    if damage == "bad model.json":
+        export_model(CustomResNet(NUM_CLASSES).eval(), run)
+        (run / "model.json").write_text("{not json")
+    with pytest.raises(SystemExit) as exit_info:
+        serve(monkeypatch, ["--model-dir", str(run)])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith(f"error: cannot serve the model in {run}: ") and message.count("\n") == 1
+    assert "model.json" in message and "OUT/space_app" in message
+
+
+@pytest.mark.parametrize("stored", [0, 1, 3])
+def test_an_export_with_few_or_no_stored_mistakes_builds_the_page(tmp_path: Path, stored: int) -> None:
+    """An export without misclassified.npz (or with one or a few mistakes): the page builds, the mistakes' checkbox
+    is enabled only with a mistake to show, and the count goes up to the number stored."""
+    run = tmp_path / "run"
+    export_model(CustomResNet(NUM_CLASSES).eval(), run)
+    if stored:
+        with np.load(APP_DIR / "misclassified.npz", allow_pickle=False) as data:
+            np.savez(
+                run / "misclassified.npz", **{name: data[name][:stored] for name in data.files if name != "classes"}
+            )
+    app = space.SpaceApp(run)
+    page = app.build()
+    components = {block.elem_id: block for block in page.blocks.values() if getattr(block, "elem_id", None)}
+    show, count = components["show-mistakes"], components["mistake-count"]
+    assert show.interactive == (stored > 0)
+    assert count.interactive == (stored > 1) and count.value == max(stored, 1)
+    if stored > 1:
+        assert count.maximum == stored
+    assert len(app.misclassified(True, max(stored, 1), False, next(iter(app.clf.layers)), 0.5)) == stored
 
 
 def test_heatmap_overlay_is_hot_where_the_mask_is_and_cold_elsewhere() -> None:
