@@ -8,7 +8,7 @@ other precision too. Prints one JSON object.
     python benchmarks/train_throughput.py --data-dir ../shared/data/cifar10-jpeg \
         --results benchmarks/results/train_throughput.jsonl
 
-On a CPU without fast bf16 the bf16 loop is about 12x slower than fp32: `--steps 3 --warmup 1` keeps it short.
+On a CPU without fast bf16 the bf16 loop is about 13x slower than fp32: `--steps 3 --warmup 1` keeps it short.
 """
 
 import argparse
