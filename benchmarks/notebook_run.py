@@ -512,7 +512,8 @@ def read_text(path: Path) -> str:
 
 
 def states(text: str, names: set[str], value: object) -> bool:
-    return any(n in text for n in names) and quoted(str(value), text)
+    """Whether `text` names the knob (in any case: "Label smoothing 0.1" begins a sentence) with `value`."""
+    return any(n in text.lower() for n in names) and quoted(str(value), text)
 
 
 def recipe_lines(repo: Path, old: dict, new: dict) -> list[str]:

@@ -101,6 +101,37 @@ def test_colab_setup_clones_once_installs_and_works_in_the_clone(repo, tmp_path,
         exec(setup, parameters | {"REPO_URL": "https://github.com/OWNER/REPO.git"})
 
 
+def test_colab_setup_does_nothing_outside_colab_or_where_era_utils_is_importable(repo, tmp_path, monkeypatch):
+    """Locally (or under papermill) the package is importable from the repository root and the cell must not clone,
+    install or change directory; nor in Colab once the package is importable (a notebook opened in the clone)."""
+    setup = next(cell for cell in _code_cells(jupytext.read(repo / "S12.py")) if "google.colab" in cell)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"the setup cell ran {a}"))
+    monkeypatch.chdir(tmp_path)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "era_utils" else find_spec(name))
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    exec(setup, {"REPO_URL": "https://github.com/someone/cifar.git", "SMOKE": False})  # era_utils not importable
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    exec(setup, {"REPO_URL": "https://github.com/someone/cifar.git", "SMOKE": False})
+    assert Path.cwd() == tmp_path
+
+
+@pytest.mark.parametrize("smoke", [False, True])
+def test_the_notebooks_parameters_reach_its_train_config(repo, smoke):
+    """OUT holds every output, the Space's files too (OUT/space_app: a run into "runs/mine" leaves the committed
+    model alone); SMOKE shrinks the run; otherwise EPOCHS, and TrainConfig's LR finder, train; OVERRIDES reach it."""
+    cell = next(cell for cell in _code_cells(jupytext.read(repo / "S12.py")) if "cfg = TrainConfig(" in cell)
+    parameters = {"SMOKE": smoke, "EPOCHS": 3, "DATA_DIR": "images", "OUT": "runs/mine", "MAX_LR": 0.02}
+    namespace = parameters | {"OVERRIDES": {"accelerator": "cpu", "weight_decay": 0.3}, "Path": Path}  # the setup's
+    exec(cell, namespace)
+    cfg = namespace["cfg"]
+    assert (cfg.data_dir, cfg.out, cfg.app_dir, cfg.max_lr) == ("images", "runs/mine", "runs/mine/space_app", 0.02)
+    assert (cfg.accelerator, cfg.weight_decay) == ("cpu", 0.3)
+    run = (1, 20, 20) if smoke else (3, None, TrainConfig().lr_find_iters)
+    assert (cfg.epochs, cfg.per_class, cfg.lr_find_iters) == run
+
+
 @dataclass
 class SmokeRun:
     exit_code: int

@@ -29,7 +29,7 @@ tables = load_file_module(REPO / "scripts", "readme_tables")
 
 def test_set_parses_each_value_as_its_fields_type():
     items = "weight_decay=0.2 devices=1 seed=7 overwrite=true fast_dev_run=True precision=none flip=alternating"
-    overrides = runner.parse_overrides(items.split())
+    overrides = runner.parse_overrides([*items.split(), "download_root=data/a=b"])
     assert overrides == {
         "weight_decay": 0.2,
         "devices": "1",  # a str field: "1" stays a string, as the notebook's OVERRIDES had it
@@ -38,8 +38,14 @@ def test_set_parses_each_value_as_its_fields_type():
         "fast_dev_run": True,  # as Python writes it, too
         "precision": None,
         "flip": "alternating",
+        "download_root": "data/a=b",  # the first "=" ends the name
     }
     assert [type(overrides[k]) for k in ("weight_decay", "seed")] == [float, int]
+
+
+def test_set_reads_none_in_any_spelling_only_where_the_field_takes_none():
+    assert [runner.parse_value("precision", text) for text in ("None", "NULL", "null")] == [None] * 3
+    assert runner.parse_value("devices", "none") == "none"  # a str field that takes no None: "none" is its text
 
 
 @pytest.mark.parametrize(
@@ -70,6 +76,14 @@ def test_run_rejects_a_bad_set_before_anything_starts(tmp_path):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results.jsonl").exists()
 
 
+def test_run_refuses_a_data_folder_that_is_not_there(tmp_path):
+    args = run_args(tmp_path)
+    args[args.index("--data-dir") + 1] = str(tmp_path / "missing")
+    with pytest.raises(SystemExit, match="no such folder"):
+        runner.main(args)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results.jsonl").exists()
+
+
 def test_run_refuses_an_existing_run_directory(tmp_path):
     (tmp_path / "runs" / "x").mkdir(parents=True)
     with pytest.raises(SystemExit, match="exists"):
@@ -89,7 +103,8 @@ def test_a_failed_notebook_is_recorded_and_exits_non_zero(tmp_path, monkeypatch,
     assert len(lines) == 1 and json.loads(capsys.readouterr().out.splitlines()[-1]) == line
     assert line["status"] == "failed" and line["error"] == "DataError: no class folders"
     # The copy holds none of the committed run's outputs, so nothing of that run leaks into this line.
-    assert [line[k] for k in ("accuracy", "minutes", "last_train_acc", "precision")] == [None] * 4
+    assert [line[k] for k in ("accuracy", "minutes", "last_train_acc", "precision", "overrides")] == [None] * 5
+    assert line["torch"] == torch.__version__  # the kernel's, though the notebook printed nothing
     assert line["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and line["cpu_count"] == os.cpu_count()
     assert re.fullmatch(r"[0-9a-f]{40}", line["git_commit"])
     assert line["git_dirty"] == bool(runner.git("status", "--porcelain").strip())
@@ -99,6 +114,15 @@ def test_a_failed_notebook_is_recorded_and_exits_non_zero(tmp_path, monkeypatch,
         "OVERRIDES": {"weight_decay": 0.2, "flip": "alternating"},
     }
     assert line["runner_command"] == shlex.join(["python", "benchmarks/notebook_run.py", *args])
+    command = shlex.split(line["papermill_command"])
+    assert command[:3] == ["papermill", "S12.ipynb", "S12.ipynb"] and "MAX_LR" in command and "-y" in command
+
+
+def test_an_untracked_file_makes_the_run_dirty_whatever_the_checkout(monkeypatch):
+    """The failed-run test compares git_dirty with this checkout's state, which a clean clone makes False."""
+    monkeypatch.setattr(runner, "git", lambda *args, **kwargs: "?? new.py\n" if args[0] == "status" else "abc\n")
+    facts = runner.runner_facts({}, [])
+    assert facts["git_dirty"] is True and facts["git_commit"] == "abc"
 
 
 def test_record_of_the_committed_run_reads_its_notebook_model_json_and_log(repo):
@@ -116,9 +140,61 @@ def test_record_of_the_committed_run_reads_its_notebook_model_json_and_log(repo)
     assert line["last_val_acc"] == round(log["val/acc"].dropna().iloc[-1], 4)
     assert line["minutes"] == round(meta["duration"] / 60, 2)
     assert line["parameters"] == meta["parameters"] and line["status"] == "ok"
-    assert f"precision: {line['precision']}" in json.dumps(json.loads((repo / "S12.ipynb").read_text())["cells"])
+    cells = json.dumps(json.loads((repo / "S12.ipynb").read_text())["cells"])
+    assert f"precision: {line['precision']}" in cells and f"torch {line['torch']}," in cells
+    assert [line[k] for k in ("start_time", "end_time")] == [meta["start_time"], meta["end_time"]]
+    assert line["python"] == json.loads((repo / "S12.ipynb").read_text())["metadata"]["language_info"]["version"]
+    assert line["papermill_command"] == runner.papermill_command(meta) and line["directory"] == "."
     # What the directory cannot tell stays unknown.
     assert [line[k] for k in ("cpu_capability", "git_commit", "git_dirty", "runner_command")] == [None] * 4
+
+
+def test_printed_is_the_first_match_in_the_notebooks_printed_text():
+    cells = [{"outputs": [{"text": ["precision: bf16-mixed\n"]}]}, {"outputs": [{"text": "precision: 32-true\n"}]}]
+    assert runner.printed({"cells": cells}, r"precision: (\S+)") == "bf16-mixed"
+    assert runner.printed({"cells": cells}, r"torch (\S+),") is None
+
+
+def test_record_of_a_notebook_papermill_never_ran_leaves_its_run_unknown(tmp_path):
+    """A notebook run by hand has no papermill metadata and, before its export, no model.json: neither a status
+    of "unfinished" nor an empty set of overrides (the runs table reads None as "see the parameters")."""
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("fit()")]), tmp_path / runner.NOTEBOOK)
+    line = runner.build_record("by-hand", tmp_path)
+    assert line["status"] == "not run" and line["directory"] == str(tmp_path.resolve())
+    assert [line[k] for k in ("overrides", "papermill_command", "parameters", "minutes")] == [None] * 4
+
+
+def test_record_appends_a_notebook_directorys_line_and_refuses_one_without_a_notebook(repo, tmp_path):
+    results = tmp_path / "runs.jsonl"
+    assert runner.main(["record", "committed", "--from", str(repo), "--results", str(results)]) == 0
+    assert [json.loads(line) for line in results.read_text().splitlines()] == [runner.build_record("committed", repo)]
+    with pytest.raises(SystemExit, match="no S12.ipynb there"):
+        runner.main(["record", "none", "--from", str(tmp_path), "--results", str(results)])
+    assert len(results.read_text().splitlines()) == 1
+
+
+def test_runs_go_to_runs_notebooks_and_are_recorded_where_the_table_of_runs_is_read(repo, monkeypatch):
+    """The defaults the README's commands rely on: the git-ignored runs/notebooks/NAME/, the committed JSON lines
+    file, and a directory shown relative to the repository whatever folder the command ran from."""
+    parse = runner.parser().parse_args
+    assert Path(parse(["record", "x", "--from", "."]).results) == repo / "benchmarks/results/notebook_runs.jsonl"
+    assert Path(parse(["ship", "x"]).runs_root) == repo / "runs" / "notebooks"
+    assert Path(parse(["run", "x", "--data-dir", "d"]).runs_root) == repo / "runs" / "notebooks"
+    monkeypatch.chdir(repo / "benchmarks")
+    assert runner.build_record("committed", Path(".."))["directory"] == "."
+
+
+@pytest.mark.parametrize(
+    ("log", "last"),
+    [
+        ("", {"last_train_acc": None, "last_val_acc": None}),  # the run stopped before its first epoch ended
+        ("0,9,0.5,1.5,0.4,1.2\n1,19,,,0.6,0.9\n", {"last_train_acc": None, "last_val_acc": 0.6}),
+    ],
+    ids=["no-epoch", "no-train-acc"],
+)
+def test_last_epoch_leaves_what_the_log_lacks_unknown(tmp_path, log, last):
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/acc,train/loss,val/acc,val/loss\n" + log)
+    assert runner.last_epoch(tmp_path / "metrics.csv") == last
 
 
 def other_than_the_default(name: str) -> float:
@@ -130,12 +206,14 @@ def other_than_the_default(name: str) -> float:
 def test_overrides_are_the_differences_from_the_defaults():
     wd = other_than_the_default("weight_decay")
     training = runner.dataclasses.asdict(runner.TrainConfig(weight_decay=wd, devices="1", out="x", seed=1))
-    assert runner.overrides_of(training | {"max_lr": 0.02, "epochs": 3}) == {"weight_decay": wd, "devices": "1"}
+    changed = training | {"max_lr": 0.02, "epochs": 3, "removed_since": 1}  # a field an older model.json has
+    assert runner.overrides_of(changed) == {"weight_decay": wd, "devices": "1"}
 
 
 def test_the_recorded_papermill_command_sets_the_same_parameters(repo, tmp_path):
     # A string that papermill's -p would read as a number or a constant ("2024", "inf", "True") stays a string.
-    parameters = {"DATA_DIR": "2024", "OUT": "inf", "LOG": "True", "SMOKE": True, "MAX_LR": 0.01}
+    parameters = {"DATA_DIR": "2024", "OUT": "inf", "LOG": "True", "NOTE": "None", "SMOKE": True, "MAX_LR": 0.01}
+    parameters |= {"NAME": "wd 02", "TAGS": ["a", 1]}  # a plain string (a space in it) and a list
     parameters["OVERRIDES"] = {"devices": "1", "x": None}
     meta = {"input_path": str(repo / "S12.ipynb"), "output_path": str(tmp_path / "p.ipynb"), "parameters": parameters}
     command = runner.papermill_command(meta)
@@ -186,6 +264,43 @@ def test_max_lr_finder_reaches_the_notebook_as_none_not_as_its_default(tmp_path,
     assert "MAX_LR" in passed and passed["MAX_LR"] is None
 
 
+def test_a_run_executes_the_notebook_in_its_directory_and_keeps_no_injected_cell(tmp_path, monkeypatch):
+    """papermill runs "S12.ipynb" from the run's directory (so the line's paths are the committed run's), and the
+    cell it injects, which would pin this machine's DATA_DIR on a Colab user, is gone from the shipped notebook."""
+    seen = []
+
+    def execute(notebook, output, parameters, **kwargs):
+        seen.append((notebook, Path.cwd()))
+        executed = nbformat.read(output, as_version=4)
+        injected = nbformat.v4.new_code_cell("DATA_DIR = '/here'", metadata={"tags": ["injected-parameters"]})
+        executed.cells.insert(1, injected)
+        nbformat.write(executed, output)
+
+    monkeypatch.setattr(runner.papermill, "execute_notebook", execute)
+    assert runner.main(run_args(tmp_path)) == 0
+    run_dir = tmp_path / "runs" / "x"
+    assert seen == [(runner.NOTEBOOK, run_dir.resolve())]
+    cells = nbformat.read(run_dir / runner.NOTEBOOK, as_version=4).cells
+    assert cells and not [c for c in cells if "injected-parameters" in c.metadata.get("tags", [])]
+
+
+def test_an_interrupted_run_is_recorded_and_leaves_papermills_logger_as_it_was(tmp_path, monkeypatch):
+    """Ctrl-C (or any error outside the notebook's cells) still records the run's line, and the log file that
+    papermill's logger wrote into is detached: a later run would otherwise log into the first one's file."""
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt("stopped")
+
+    monkeypatch.setattr(runner.papermill, "execute_notebook", interrupt)
+    logger = runner.logging.getLogger("papermill")
+    monkeypatch.setattr(logger, "level", runner.logging.WARNING)  # as a caller may have set it
+    before = (list(logger.handlers), logger.level)
+    assert runner.main(run_args(tmp_path)) == 1
+    line = json.loads((tmp_path / "results.jsonl").read_text())
+    assert line["status"] == "failed" and line["error"] == "KeyboardInterrupt: stopped"
+    assert (list(logger.handlers), logger.level) == before
+
+
 @pytest.mark.parametrize(
     ("text", "shown"),
     [
@@ -194,6 +309,10 @@ def test_max_lr_finder_reaches_the_notebook_as_none_not_as_its_default(tmp_path,
         # tqdm's nested bar: a line below, then ESC[A back up to the main bar
         ("\rTrain 50%\n\rVal 0%\x1b[A\n\rVal 100%\x1b[A\rTrain 100%", "Train 100%\nVal 100%"),
         ("\x1b[1mbold\x1b[0m plain\n", "bold plain\n"),
+        ("\x1b[?25lhidden cursor\x1b[?25h\n", "hidden cursor\n"),  # tqdm hides the cursor while it draws
+        ("ab\nxxxxx\x1b[Ayz", "ab   yz\nxxxxx"),  # up a line the column stays where it was
+        ("a\n\x1b[A\x1b[Ab", "b\n"),  # not above the first line
+        ("Epoch 0: 100%   \n", "Epoch 0: 100%\n"),  # the blanks that padded a shorter update
     ],
 )
 def test_printed_text_is_kept_as_a_terminal_shows_it(text, shown):
@@ -210,6 +329,7 @@ def test_tidy_drops_the_injected_cell_and_joins_each_run_of_printed_text(tmp_pat
         output("display_data", data={"text/plain": "<figure>"}),
         output("stream", name="stdout", text="\r   \r"),
         output("stream", name="stdout", text="done\n"),
+        output("stream", name="stdout", text="saved\n"),
     ]
     path = tmp_path / "n.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[injected, cell], metadata={"papermill": {"parameters": {}}}), path)
@@ -217,7 +337,17 @@ def test_tidy_drops_the_injected_cell_and_joins_each_run_of_printed_text(tmp_pat
     tidied = nbformat.read(path, as_version=4)
     assert [c.source for c in tidied.cells] == ["fit()"] and "papermill" in tidied.metadata
     kinds = [(o.output_type, o.get("text")) for o in tidied.cells[0].outputs]
-    assert kinds == [("stream", "Epoch 0: 100%\n"), ("display_data", None), ("stream", "done\n")]
+    assert kinds == [("stream", "Epoch 0: 100%\n"), ("display_data", None), ("stream", "done\nsaved\n")]
+
+
+def test_tidy_drops_printed_text_that_a_terminal_shows_as_blank(tmp_path):
+    output = nbformat.v4.new_output
+    cell = nbformat.v4.new_code_cell("fit()")
+    cell.outputs = [output("stream", name="stderr", text="\r    \r\n"), output("display_data", data={})]
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), tmp_path / "n.ipynb")
+    runner.tidy(tmp_path / "n.ipynb")
+    outputs = nbformat.read(tmp_path / "n.ipynb", as_version=4).cells[0].outputs
+    assert [o.output_type for o in outputs] == ["display_data"]
 
 
 def test_tidy_keeps_printed_and_error_text_apart(tmp_path):
@@ -325,6 +455,13 @@ def test_ship_leaves_exactly_the_runs_artifacts_and_the_apps_screenshot(tmp_path
     assert digests(committed) == digests(run_dir) | {"images/space_app.png": screenshot}
 
 
+def test_the_artifacts_are_the_present_files_and_the_pngs_of_the_artifact_folders(tmp_path):
+    for name in ("logs/metrics.csv", "misclassified_images/01_cat_as_dog_99pct.png", "misclassified_images/.DS_Store"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    assert runner.artifacts(tmp_path) == ["logs/metrics.csv", "misclassified_images/01_cat_as_dog_99pct.png"]
+
+
 def test_the_artifacts_are_every_file_the_committed_run_wrote(repo):
     """`ship` copies and removes `artifacts`: each plot, mistake and log, and the app's weights, JSON, store and
     example images. One left out would ship the replaced run's file beside the new run's. Not the app's code, nor its
@@ -377,13 +514,16 @@ def test_a_run_starts_from_the_code_without_the_committed_runs_outputs(tmp_path)
     outputs or papermill's metadata (a failed run would show the committed run's figures)."""
     repo = finished_run(tmp_path / "repo", {"accuracy": 0.91})
     cell = nbformat.v4.new_code_cell("fit()", execution_count=3, outputs=[nbformat.v4.new_output("stream", text="90%")])
-    nbformat.write(nbformat.v4.new_notebook(cells=[cell], metadata={"papermill": {}}), repo / runner.NOTEBOOK)
+    silent = nbformat.v4.new_code_cell("x = 1", execution_count=4)  # no output, a count all the same
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell, silent], metadata={"papermill": {}}), repo / runner.NOTEBOOK)
     for name in ("misclassified_images/01_cat_as_dog_99pct.png", "space_app/examples/cat.png", "era_utils/model.py"):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).touch()
     (repo / "images" / "space_app.png").touch()
     (repo / ".gitignore").write_text("checkpoints/\n")
+    (repo / "era_utils" / "deleted.py").touch()
     git_repo(repo)
+    (repo / "era_utils" / "deleted.py").unlink()  # tracked, gone from the working tree
     (repo / "era_utils" / "new.py").touch()
     (repo / "checkpoints").mkdir()
     (repo / "checkpoints" / "last.ckpt").touch()
@@ -391,7 +531,10 @@ def test_a_run_starts_from_the_code_without_the_committed_runs_outputs(tmp_path)
     copied = {".gitignore", runner.NOTEBOOK, "images/space_app.png", "era_utils/model.py", "era_utils/new.py"}
     assert set(digests(tmp_path / "run")) == copied
     notebook = nbformat.read(tmp_path / "run" / runner.NOTEBOOK, as_version=4)
-    assert [(c.source, c.outputs, c.execution_count) for c in notebook.cells] == [("fit()", [], None)]
+    assert [(c.source, c.outputs, c.execution_count) for c in notebook.cells] == [
+        ("fit()", [], None),
+        ("x = 1", [], None),
+    ]
     assert "papermill" not in notebook.metadata
 
 
@@ -489,6 +632,114 @@ def test_run_figures_of_a_run_under_an_hour_and_its_three_top_mistakes(tmp_path)
     ]
 
 
+def test_run_figures_of_the_log_and_the_duration_are_rounded_as_prose_writes_them(tmp_path):
+    """The last validation accuracy (the test's may differ), the last training accuracy to a whole percent too, the
+    duration to the nearest minute (99.8 min is "1 h 40 min"); a file that is not a ranked mistake is no mistake."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_text(
+        "epoch,step,train/acc,train/loss,val/acc,val/loss\n0,9,0.5,1.5,0.4,1.2\n1,19,0.9749,0.6,0.912,0.7\n"
+    )
+    nbformat.write(nbformat.v4.new_notebook(metadata={"papermill": {"duration": 5990.0}}), tmp_path / runner.NOTEBOOK)
+    figures = runner.run_figures(runner.folder_reader(tmp_path), ["notes.png", "01_bird_as_frog_98pct.png"])
+    assert figures["last val acc"] == ({"91.20", "91.2"}, "")
+    assert figures["last train acc"] == ({"97.49", "97.5", "97%"}, "")
+    assert figures["first val acc"] == ({"40.00", "40.0"}, "")
+    assert figures["the notebook's duration"] == ({"1 h 40 min"}, "")
+    assert figures["mistake #1"] == ({"bird → frog (98%)", "98%"}, "")
+
+
+def test_run_figures_read_each_views_accuracy_and_class_accuracies(tmp_path):
+    """The README quotes the flip TTA and flip + translation TTA accuracies too, overall and per class."""
+    views = {"": 0.906, "_tta": 0.9119, "_tta_translate": 0.9151}
+    metrics = {f"accuracy{v}": x for v, x in views.items()} | {f"per_class{v}": {"cat": x} for v, x in views.items()}
+    (tmp_path / "space_app").mkdir()
+    (tmp_path / "space_app" / "model.json").write_text(json.dumps({"metrics": metrics}))
+    figures = runner.run_figures(runner.folder_reader(tmp_path), [])
+    assert figures["accuracy, flip TTA"] == ({"91.19", "91.2", "0.9119"}, "")
+    assert figures["accuracy, flip + translation TTA"] == ({"91.51", "91.5", "0.9151"}, "")
+    assert [figures[f"cat, {view}"] for view in ("single view", "flip TTA", "flip + translation TTA")] == [
+        ({"90.6%"}, "cat"),
+        ({"91.2%"}, "cat"),
+        ({"91.5%"}, "cat"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        "epoch,step,train/acc,train/loss,val/acc,val/loss\nx,9,0.5,1.5,0.4,1.2\n",
+        'epoch,step,val/loss\n0,9,"1.2\n',  # cut off inside a quoted field
+        "no log\n",
+    ],
+    ids=["epoch-not-a-number", "cut-off", "no-epoch"],
+)
+def test_run_figures_pass_over_a_log_they_cannot_read(tmp_path, log):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_text(log)
+    assert runner.run_figures(runner.folder_reader(tmp_path), []) == {}
+
+
+def test_stale_reads_the_replaced_run_at_the_commit_given_and_refuses_one_without_a_model(tmp_path):
+    (tmp_path / "README.md").write_text("before the first run\n")
+    git_repo(tmp_path)
+    (tmp_path / "space_app").mkdir()
+    (tmp_path / "space_app" / "model.json").write_text("{}")
+    for command in (["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "y"]):
+        runner.git(*command, repo=tmp_path)
+    assert runner.git_reader(tmp_path, "HEAD")("space_app/model.json") == b"{}"
+    assert runner.git_reader(tmp_path, "HEAD~1")("space_app/model.json") is None
+    with pytest.raises(SystemExit, match="HEAD~1: no space_app/model.json at that commit"):
+        runner.main(["stale", "--repo", str(tmp_path), "--since", "HEAD~1"])
+
+
+@pytest.mark.parametrize(
+    ("form", "text", "found"),
+    [
+        ("90.6", "90.6%", True),
+        ("90.6", "90.6–90.7", True),
+        ("bird → frog (98%)", "bird → frog (98%) first", True),
+        ("90.6", "90.65", False),
+        ("90.6", "190.6", False),
+        ("98%", "90.98%", False),  # the decimals of another figure
+    ],
+)
+def test_a_figure_is_quoted_only_as_a_figure_of_its_own(form, text, found):
+    assert runner.quoted(form, text) is found
+
+
+def test_stale_reads_both_readmes_and_the_notebooks_markdown(tmp_path):
+    for name in ("README.md", "space_app/README.md", "S12.py"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("Single view: 90.60%.\n")
+    found = runner.stale_figures(tmp_path, {"accuracy, single view": ({"90.60"}, "")}, {})
+    assert set(found) == {"README.md:1", "space_app/README.md:1", "S12.py:1"}
+
+
+def test_stale_finds_a_class_accuracy_where_a_sentence_begins_with_the_class(tmp_path):
+    (tmp_path / "README.md").write_text("Cats are the hardest class (82.3%).\n")
+    old = {"cat, single view": ({"82.3%"}, "cat")}
+    assert runner.stale_figures(tmp_path, old, {}) == {"README.md:1": ["82.3% (cat, single view)"]}
+
+
+def test_recipe_lines_name_a_changed_knobs_old_value_once_where_prose_wraps_it(tmp_path):
+    """A phrase wrapped over two lines (comment lines too) counts once, at its first line, whatever its case; a knob
+    whose value did not change is no stale line, nor are the last line of one file and the first of the next."""
+    files = {
+        "README.md": "weight decay 0.05, as before.\nThe loss uses\nlabel smoothing 0.1 now.\nand label smoothing\n",
+        "space_app/README.md": "0.1 s per image. Label smoothing 0.1\n",
+        "era_utils/train_config.py": "# the label\n# smoothing 0.1\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    old, new = {"weight_decay": 0.05, "label_smoothing": 0.1}, {"weight_decay": 0.05, "label_smoothing": 0.2}
+    assert [line.split(": ")[0] for line in runner.recipe_lines(tmp_path, old, new)] == [
+        "README.md:3",
+        "space_app/README.md:1",
+        "era_utils/train_config.py:1",
+    ]
+
+
 def test_stale_lists_each_line_that_quotes_the_replaced_run(shipped, capsys):
     """`stale` reads the replaced run's figures from git HEAD and names, file:line, the prose that still quotes
     them: accuracies in every spelling, a class's accuracy where the prose names the class, the log's first and last
@@ -516,6 +767,7 @@ def test_mistakes_are_listed_in_rank_order_at_a_commit_and_in_the_working_tree(t
         (tmp_path / "misclassified_images" / name).touch()
     git_repo(tmp_path)
     (tmp_path / "misclassified_images" / "01_bird_as_frog_98pct.png").unlink()
+    (tmp_path / "misclassified_images" / "Thumbs.db").touch()
     assert runner.mistakes_in(tmp_path, "HEAD") == [
         "01_bird_as_frog_98pct.png",
         "02_dog_as_cat_97pct.png",
@@ -556,6 +808,52 @@ def test_stale_says_when_the_defaults_or_the_notebooks_markdown_are_not_done(shi
         "TrainConfig's defaults are not the shipped recipe" in out and f"label_smoothing: {default} -> {OLD_LS}" in out
     )
     assert "S12.ipynb's markdown differs from S12.py's in these cells" in out and "markdown cell 1" in out
+
+
+@pytest.mark.parametrize("undone", ["markdown", "defaults"])
+def test_stale_counts_the_notebooks_markdown_or_the_defaults_alone_as_to_fix(shipped, undone):
+    (shipped / "README.md").write_text("nothing\n")
+    model = json.loads((shipped / "space_app" / "model.json").read_text())
+    if undone == "markdown":
+        (shipped / "S12.py").write_text((shipped / "S12.py").read_text().replace("# The committed", "# The new"))
+    else:
+        model["training"]["label_smoothing"] = OLD_LS
+        (shipped / "space_app" / "model.json").write_text(json.dumps(model))
+    assert runner.stale_report(shipped, {}, model["training"]) is True
+
+
+def test_stale_does_not_ask_to_re_read_a_line_it_lists_as_stale(shipped, capsys):
+    (shipped / "README.md").write_text("The committed run scores 90.60%.\n")
+    assert runner.stale_report(shipped, {"accuracy, single view": ({"90.60"}, "")}, {}) is True
+    assert capsys.readouterr().out.count("README.md:1") == 1
+
+
+def test_changed_since_run_is_the_code_edited_after_the_copy_not_the_executed_notebook(tmp_path):
+    repo, run_dir = tmp_path / "repo", tmp_path / "run"
+    for root, notebook in ((repo, "{}"), (run_dir, '{"executed": true}')):
+        (root / "era_utils").mkdir(parents=True)
+        (root / "era_utils" / "model.py").write_text("net\n")
+        (root / runner.NOTEBOOK).write_text(notebook)
+    git_repo(repo)
+    (repo / "era_utils" / "added.py").write_text("new\n")  # no copy of it in the run to compare with
+    assert runner.changed_since_run(run_dir, repo) == []
+    (repo / "era_utils" / "model.py").write_text("edited\n")
+    assert runner.changed_since_run(run_dir, repo) == ["era_utils/model.py"]
+
+
+def test_markdown_mismatch_counts_a_cell_one_side_lacks_and_markdown_copies_nothing_then(tmp_path):
+    """A markdown cell added to S12.py only is a mismatch; `markdown` copies by position, so with unequal counts it
+    copies nothing rather than shift every cell after the new one."""
+    assert runner.markdown_mismatch(tmp_path) == []  # no pair to compare
+    cells = [nbformat.v4.new_markdown_cell("# S12"), nbformat.v4.new_code_cell("fit()")]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / runner.NOTEBOOK)
+    pair = nbformat.v4.new_notebook(cells=[*cells, nbformat.v4.new_markdown_cell("New.")])
+    jupytext.write(pair, tmp_path / runner.PAIR, fmt="py:percent")
+    before = (tmp_path / runner.NOTEBOOK).read_bytes()
+    assert runner.markdown_mismatch(tmp_path) == [2]
+    with pytest.raises(SystemExit, match="nothing copied"):
+        runner.main(["markdown", "--repo", str(tmp_path)])
+    assert (tmp_path / runner.NOTEBOOK).read_bytes() == before
 
 
 def test_markdown_copies_each_cell_into_the_markdown_cell_of_its_rank(tmp_path, capsys):
