@@ -12,19 +12,36 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from app_helpers import APP_DIR, CHROMIUM, CHROMIUM_ARGS, choose_option, copy_app, running_app  # noqa: E402
+from app_helpers import (  # noqa: E402
+    APP_DIR,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    choose_option,
+    copy_app,
+    load_file_module,
+    running_app,
+)
 
 
 def set_slider(page, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
+
+
+def heatmaps_shown(cams: int, explain: str, example: str) -> int:
+    """How many heatmaps the page ends up showing: `cams` for the top classes; for a class picked by hand, its
+    heatmap and the top class's, or one if it is the top class (the example is taken to be classified right)."""
+    if explain == "top":
+        return cams
+    return 1 if explain == example else 2
 
 
 def shoot(url: str, out: Path, example: str, k: int, cams: int, mistakes: int, method: str, explain: str) -> None:
@@ -42,7 +59,7 @@ def shoot(url: str, out: Path, example: str, k: int, cams: int, mistakes: int, m
             choose_option(page, "cam-method", method)
             if explain != "top":
                 choose_option(page, "cam-class", explain)
-                cams = 1 if explain == example else 2
+            cams = heatmaps_shown(cams, explain, example)
             page.locator("#show-mistakes input[type=checkbox]").check()
             set_slider(page, "mistake-count", mistakes)
             page.locator("#upload input[type=file]").set_input_files(str(APP_DIR / "examples" / f"{example}.png"))
@@ -65,16 +82,26 @@ def shoot(url: str, out: Path, example: str, k: int, cams: int, mistakes: int, m
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Options the Space does not offer are usage errors here, not a Playwright timeout minutes later."""
+    classes = json.loads((APP_DIR / "model.json").read_text())["classes"]
+    examples = sorted(path.stem for path in (APP_DIR / "examples").glob("*.png"))
+    methods = list(load_file_module(APP_DIR, "explain").METHODS)
+    most = min(load_file_module(APP_DIR, "inference").MAX_K, len(classes))  # the k and heatmap sliders' maximum
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="use an app already running here")
     p.add_argument("--out", type=Path, default=REPO / "images" / "space_app.png")
-    p.add_argument("--example", default="bird", help="which examples/<class>.png to upload")
-    p.add_argument("--method", default="Grad-CAM", help="the heatmap method, as named in the app")
-    p.add_argument("--explain", default="top", help='"top" (the top classes) or one class name')
-    p.add_argument("-k", type=int, default=5)
-    p.add_argument("--cams", type=int, default=5)
-    p.add_argument("--mistakes", type=int, default=8)
+    p.add_argument("--example", default="bird", choices=examples, help="which examples/<class>.png to upload")
+    p.add_argument("--method", default="Grad-CAM", choices=methods, help="the heatmap method, as named in the app")
+    p.add_argument("--explain", default="top", choices=["top", *classes], help='"top" (the top classes) or a class')
+    p.add_argument("-k", type=int, default=5, help="how many classes to show")
+    p.add_argument("--cams", type=int, default=5, help="how many heatmaps of the top classes")
+    p.add_argument("--mistakes", type=int, default=8, help="how many misclassified test images")
     args = p.parse_args(argv)
+    for name in ("k", "cams"):
+        if not 1 <= getattr(args, name) <= most:
+            p.error(f"{'-k' if name == 'k' else '--' + name} must be from 1 to {most}")
+    if args.mistakes < 1:
+        p.error("--mistakes must be at least 1")
     if not CHROMIUM.exists():
         print(f"{CHROMIUM} missing: run scripts/install_browser.sh", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "space_app"
@@ -50,6 +51,14 @@ def test_pre_requirements_pin_cpu_torch_and_torchvision_that_requirements_accept
         (spec,) = req.specifier
         assert spec.operator == "==" and spec.version.endswith("+cpu"), f"{name} must be pinned to a +cpu build"
     assert wanted["torch"].specifier.contains(next(iter(pinned["torch"].specifier)).version)
+
+
+def test_pre_requirements_pin_the_torchvision_release_made_for_the_pinned_torch() -> None:
+    """torchvision 0.N is built against torch 2.(N - 15) (0.29 for 2.14): another pair makes pip replace the
+    pinned torch, or fail."""
+    versions = {name: next(iter(req.specifier)).version for name, req in pins(APP_DIR / "pre-requirements.txt").items()}
+    torch_minor, vision_minor = (Version(versions[name]).minor for name in ("torch", "torchvision"))
+    assert Version(versions["torch"]).major == 2 and vision_minor == torch_minor + 15, versions
 
 
 def test_ci_never_reads_pre_requirements() -> None:

@@ -11,6 +11,7 @@ import sys
 import pandas as pd
 import pytest
 from app_helpers import load_file_module
+from torch import nn
 
 from era_utils.config import CLASS_NAMES
 
@@ -46,7 +47,7 @@ def test_a_missing_file_argument_is_a_usage_error(repo):
 def test_a_file_that_does_not_exist_is_named(repo, tmp_path):
     missing = str(tmp_path / "missing.json")
     proc = readme_tables(repo, "classes", missing)
-    assert_usage_error(proc.returncode, proc.stderr, missing, "No such file")
+    assert_usage_error(proc.returncode, proc.stderr, f"{missing}: No such file or directory")
 
 
 def test_a_file_that_is_not_json_is_named(repo, tmp_path):
@@ -88,25 +89,39 @@ def test_a_bad_command_line_is_a_usage_error(main, repo, monkeypatch, capsys, ar
     assert_usage_error(exited.value.code, capsys.readouterr().err, *words)
 
 
-@pytest.mark.parametrize("subcommand", ["epochs", "misclassified"])
+@pytest.mark.parametrize(
+    ("subcommand", "words"),
+    [("epochs", ["logs/metrics.csv", "No such file"]), ("misclassified", ["misclassified_images", "no exported"])],
+)
 def test_tables_of_default_paths_run_from_another_folder_say_what_is_missing(
-    main, tmp_path, monkeypatch, capsys, subcommand
+    main, tmp_path, monkeypatch, capsys, subcommand, words
 ):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exited:
         main([subcommand])
-    assert_usage_error(
-        exited.value.code, capsys.readouterr().err, "No such file" if subcommand == "epochs" else "no exported mistakes"
-    )
+    assert_usage_error(exited.value.code, capsys.readouterr().err, *words)
+
+
+def test_a_default_file_missing_a_column_is_raised_not_blamed_on_a_file_argument(main, tmp_path, monkeypatch, capsys):
+    """`epochs` is given no file: its log lacking a column is a bug to show with its traceback, not `None: no ...`."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_text("step,train/loss\n9,1.5\n")
+    with pytest.raises(KeyError, match="epoch"):
+        main(["epochs"])
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("subcommand", ["sweep", "runs"])
 def test_a_jsonl_file_error_names_its_line(main, tmp_path, capsys, subcommand):
     broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"variant": "a"}\n\nnot json\n')
+    broken.write_text('{"variant": "a"}\n  \nnot json\n')  # a line of spaces is blank too
     with pytest.raises(SystemExit) as exited:
         main([subcommand, str(broken)])
-    assert_usage_error(exited.value.code, capsys.readouterr().err, str(broken), "not valid JSON", "line 3")
+    err = capsys.readouterr().err
+    assert_usage_error(exited.value.code, err, str(broken), "not valid JSON", "line 3")
+    assert f" {subcommand} [-h] RESULTS.jsonl" in err  # the subcommand's usage, not the script's
+    assert err.endswith(": line 3: Expecting value\n")  # the file's line, not json's "line 1 column 1" within it
 
 
 @pytest.mark.parametrize("subcommand", SUBCOMMANDS)
@@ -160,6 +175,14 @@ def test_misclassified_table_shows_the_ten_most_confident_mistakes_in_rank_order
     assert lines[2].startswith(f"| ![cat → dog (99%)]({tmp_path}/01_cat_as_dog_99pct.png) |")
 
 
+def test_misclassified_table_shows_the_exported_mistakes_only(tables, tmp_path):
+    """Fewer than ten mistakes beside another PNG (a grid, say): a column for each mistake, none for the other file."""
+    for name in ("01_cat_as_dog_90pct.png", "02_ship_as_airplane_80pct.png", "grid.png"):
+        (tmp_path / name).write_bytes(b"")
+    lines = tables.misclassified_table(str(tmp_path)).splitlines()
+    assert lines[0] == "| 1 | 2 |" and lines[3] == "| cat → dog (90%) | ship → airplane (80%) |"
+
+
 @pytest.fixture
 def repo_copy(repo, tmp_path):
     """The README and the committed files its tables are made from, in a folder of their own."""
@@ -204,8 +227,75 @@ def test_readme_without_a_table_is_a_usage_error_and_left_alone(main, repo_copy,
     (repo_copy / "README.md").write_text(readme)
     with pytest.raises(SystemExit) as exited:
         main(["readme"])
-    assert_usage_error(exited.value.code, capsys.readouterr().err, "left as it was", "| class | single view |")
+    err = capsys.readouterr().err
+    assert_usage_error(exited.value.code, err, "left as it was", "no table with the header '| class | single view |")
     assert (repo_copy / "README.md").read_text() == readme
+
+
+def test_readme_check_of_an_up_to_date_readme_says_so_and_exits_0(main, repo_copy, monkeypatch, capsys):
+    monkeypatch.chdir(repo_copy)
+    with pytest.raises(SystemExit) as exited:
+        main(["readme", "--check"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == "README.md: every table matches the committed files\n"
+
+
+def test_readme_with_a_field_missing_from_model_json_is_a_usage_error_and_left_alone(
+    main, repo_copy, monkeypatch, capsys
+):
+    monkeypatch.chdir(repo_copy)
+    model = json.loads((repo_copy / "space_app" / "model.json").read_text())
+    del model["metrics"]["per_class_tta"]
+    (repo_copy / "space_app" / "model.json").write_text(json.dumps(model))
+    readme = (repo_copy / "README.md").read_text().replace("| 1 |", "| one |", 1)  # a table to rewrite
+    (repo_copy / "README.md").write_text(readme)
+    with pytest.raises(SystemExit) as exited:
+        main(["readme"])
+    assert_usage_error(exited.value.code, capsys.readouterr().err, "left as it was", "'per_class_tta'")
+    assert (repo_copy / "README.md").read_text() == readme
+
+
+def test_replace_table_replaces_the_rows_up_to_the_first_line_that_is_not_one(tables):
+    """A table ends at its last `|` line: the text after it stays, and a table that ends the text is replaced too."""
+    table = "| a | b |\n|---|---|\n| 1 | 2 |"
+    text = "# Title\n| a | b |\n|---|---|\n| 0 | 0 |\n| 9 | 9 |\nNext paragraph.\n\n| c |\n|---|\n| 3 |"
+    assert tables.replace_table(text, table) == f"# Title\n{table}\nNext paragraph.\n\n| c |\n|---|\n| 3 |"
+    assert tables.replace_table("# Title\n| a | b |\n|---|---|", table) == f"# Title\n{table}"
+
+
+def test_receptive_fields_grow_by_each_kernel_times_the_strides_before_it(tables):
+    """3×3 convolutions add 2 pixels, times 2 after a 2×2 max pool; a block sees what its last layer sees, and
+    layer "1" is not layer "10"."""
+    layers = [nn.Conv2d(1, 1, 3), nn.MaxPool2d(2), *(nn.Conv2d(1, 1, 3) for _ in range(10)), nn.ReLU()]
+    net = nn.Sequential(nn.Sequential(*layers[:2]), *layers[2:])
+    rf = tables.receptive_fields(net)
+    assert (rf["0.0"], rf["0.1"], rf["0"], rf["1"], rf["2"], rf["10"], rf["11"]) == (3, 4, 4, 8, 12, 44, 44)
+
+
+@pytest.mark.parametrize(("value", "fmt", "shown"), [(None, "{:.2%}", "—"), (0.0, "{:.2%}", "0.00%"), (0, "{}", "0")])
+def test_a_cell_is_a_dash_only_for_an_unknown_value_not_for_a_zero(tables, value, fmt, shown):
+    assert tables.cell(value, fmt) == shown
+
+
+@pytest.mark.parametrize(
+    ("run", "changes"),
+    [
+        # a failed smoke run: what it was asked, from its parameters; the finder's long LR in short
+        (
+            {"parameters": {"SMOKE": True, "OVERRIDES": {"b": 1, "a": 2}, "MAX_LR": 0.05}},
+            "smoke, a=2, b=1, max LR 0.05",
+        ),
+        (
+            {"max_lr": 0.0031622776601683794, "overrides": {}, "parameters": {"MAX_LR": None}},
+            "max LR 0.00316228 (LR finder)",
+        ),
+        # --set epochs=2 has a column of its own: the recorded overrides leave it out, even when empty
+        ({"max_lr": 0.01, "overrides": {}, "parameters": {"MAX_LR": 0.01, "OVERRIDES": {"epochs": 2}}}, "max LR 0.01"),
+    ],
+    ids=["failed smoke run", "LR finder", "recorded overrides"],
+)
+def test_run_changes_names_what_a_run_changed_from_the_recipe(tables, run, changes):
+    assert tables.run_changes(run) == changes
 
 
 def test_readme_run_from_another_folder_is_a_usage_error(main, tmp_path, monkeypatch, capsys):
