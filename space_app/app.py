@@ -820,9 +820,9 @@ def load_space(model_dir: Path) -> SpaceApp:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    model_dir = parse_args(argv).model_dir.resolve()  # absolute, as Gradio's allowed paths and the examples' check
     logging.basicConfig(level=logging.INFO)
-    load_space(args.model_dir).build().launch(**launch_options(args.model_dir))
+    load_space(model_dir).build().launch(**launch_options(model_dir))
 
 
 if __name__ == "__main__":

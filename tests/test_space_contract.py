@@ -106,9 +106,10 @@ def test_model_dir_serves_the_model_a_training_run_exported(tmp_path: Path, monk
     torch.manual_seed(0)
     export_model(CustomResNet(NUM_CLASSES).eval(), run)
     exported_sha = json.loads((run / "model.json").read_text())["sha256"]
-    served = serve(monkeypatch, ["--model-dir", str(run)])
+    monkeypatch.chdir(tmp_path)
+    served = serve(monkeypatch, ["--model-dir", "run"])  # relative, as typed
     assert served.app.clf.config["sha256"] == exported_sha
-    assert served.options["allowed_paths"] == [str(run / "examples")]
+    assert served.app.app_dir == run and served.options["allowed_paths"] == [str(run / "examples")]
     committed = serve(monkeypatch, [])
     assert committed.app.clf.config["sha256"] == json.loads((APP_DIR / "model.json").read_text())["sha256"]
     assert committed.app.clf.config["sha256"] != exported_sha
