@@ -793,15 +793,20 @@ def launch_options(app_dir: Path = APP_DIR) -> dict[str, Any]:
     }
 
 
+MODEL_DIR_HELP = (
+    "the folder a training run exported to (era_utils.train: its --app-dir, by default its --out; the notebook: "
+    "OUT/space_app)"
+)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="The Space's app, served on http://127.0.0.1:7860.")
     p.add_argument(
         "--model-dir",
         type=Path,
         default=APP_DIR,
-        help="the folder a training run exported to: model.safetensors and model.json, with misclassified.npz "
-        "and examples/ if it has them (era_utils.train: its --app-dir, by default its --out; the notebook: "
-        "OUT/space_app). Default: this app's own folder, the committed model",
+        help=f"{MODEL_DIR_HELP}: model.safetensors and model.json, with misclassified.npz and examples/ if it has "
+        "them. Default: this app's own folder, the committed model",
     )
     return p.parse_args(argv)
 
@@ -812,8 +817,7 @@ def load_space(model_dir: Path) -> SpaceApp:
         return SpaceApp(model_dir)
     except (ModelFilesError, OSError) as err:
         print(
-            f"error: cannot serve the model in {model_dir}: {err}. --model-dir takes the folder a training run "
-            "exported to (era_utils.train: its --app-dir, by default its --out; the notebook: OUT/space_app)",
+            f"error: cannot serve the model in {model_dir}: {err}. --model-dir takes {MODEL_DIR_HELP}",
             file=sys.stderr,
         )
         raise SystemExit(2) from err

@@ -61,6 +61,11 @@ def load_file_module(folder: Path, name: str) -> ModuleType:
     return module
 
 
+def blocks_by_id(demo: Any, kind: type) -> dict[str, Any]:
+    """A built gr.Blocks page's components of `kind`, by elem_id."""
+    return {b.elem_id: b for b in demo.blocks.values() if isinstance(b, kind)}
+
+
 def choose_option(page: Any, elem_id: str, label: str) -> None:
     """Pick an option of a Gradio dropdown in a Playwright page as a visitor does: open the list, click it."""
     page.locator(f"#{elem_id} input[role=combobox]").click()

@@ -25,7 +25,17 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from app_helpers import APP_DIR, CHROMIUM, CHROMIUM_ARGS, REPO, choose_option, copy_app, running_app, write_png
+from app_helpers import (
+    APP_DIR,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    blocks_by_id,
+    choose_option,
+    copy_app,
+    running_app,
+    write_png,
+)
 from PIL import Image
 
 sys.path.insert(0, str(APP_DIR))
@@ -948,10 +958,6 @@ def test_misclassified_parameters_are_checked(sp: space.SpaceApp, args, message:
         ui(sp.misclassified)(*args)
 
 
-def _blocks(demo: gr.Blocks, kind: type) -> dict[str, Any]:
-    return {b.elem_id: b for b in demo.blocks.values() if isinstance(b, kind)}
-
-
 def test_ui_has_the_named_endpoints_and_hidden_controls(sp: space.SpaceApp) -> None:
     demo = sp.build()
     endpoints = demo.get_api_info()["named_endpoints"]
@@ -960,7 +966,7 @@ def test_ui_has_the_named_endpoints_and_hidden_controls(sp: space.SpaceApp) -> N
     assert params["/predict"] == ["image", "top_k"]
     assert params["/explain"] == ["image", "show_cam", "count", "layer", "opacity", "method", "class_name"]
     assert params["/misclassified"] == ["show", "count", "show_cam", "layer", "opacity", "method"]
-    dropdowns = _blocks(demo, gr.Dropdown)
+    dropdowns = blocks_by_id(demo, gr.Dropdown)
     assert sp.clf.layers == LAYERS
     assert [label for label, _ in dropdowns["cam-layer"].choices] == [
         inference.layer_label(k, v) for k, v in LAYERS.items()
@@ -971,15 +977,15 @@ def test_ui_has_the_named_endpoints_and_hidden_controls(sp: space.SpaceApp) -> N
     assert [v for _, v in dropdowns["cam-class"].choices] == [space.TOP, *sp.clf.classes]
     galleries = [b for b in demo.blocks.values() if isinstance(b, gr.Gallery)]
     assert galleries and not any(g.visible for g in galleries)  # shown only when their box is ticked
-    assert [a.open for a in _blocks(demo, gr.Accordion).values()] == [False]
+    assert [a.open for a in blocks_by_id(demo, gr.Accordion).values()] == [False]
 
 
 def _image_outputs(demo: gr.Blocks) -> tuple[gr.Label, gr.Image, gr.Gallery]:
     """What an image's results fill: its top-k classes, the model input and the heatmaps."""
     return (
-        _blocks(demo, gr.Label)["prediction"],
-        _blocks(demo, gr.Image)["model-input"],
-        _blocks(demo, gr.Gallery)["gradcam-gallery"],
+        blocks_by_id(demo, gr.Label)["prediction"],
+        blocks_by_id(demo, gr.Image)["model-input"],
+        blocks_by_id(demo, gr.Gallery)["gradcam-gallery"],
     )
 
 
@@ -990,7 +996,7 @@ def test_a_refused_image_clears_the_last_images_prediction_input_and_heatmaps(sp
     by one emptying all three outputs."""
     demo = sp.build()
     label, seen, gallery = _image_outputs(demo)
-    image, top_k = _blocks(demo, gr.Image)["upload"], _blocks(demo, gr.Slider)["top-k"]
+    image, top_k = blocks_by_id(demo, gr.Image)["upload"], blocks_by_id(demo, gr.Slider)["top-k"]
     fns = list(demo.fns.values())
     predicts = [f for f in fns if f.outputs == [label] and image in f.inputs and top_k._id not in dict(f.targets)]
     assert len(predicts) == 3  # an upload, an example, Classify
@@ -1006,7 +1012,7 @@ def test_an_upload_the_browser_refuses_clears_the_last_images_outputs(sp: space.
     box), and leave them alone when an image arrives (its own events fill them)."""
     demo = sp.build()
     outputs = set(_image_outputs(demo))
-    image = _blocks(demo, gr.Image)["upload"]
+    image = blocks_by_id(demo, gr.Image)["upload"]
     on_change = [f for f in demo.fns.values() if (image._id, "change") in f.targets and set(f.outputs) >= outputs]
     assert len(on_change) == 1
     assert all(value in (None, []) for value in on_change[0].fn(None))
@@ -1031,7 +1037,7 @@ def test_a_new_image_draws_its_heatmaps_and_a_new_k_only_reranks(
     reranks without repeating the notes about the image; with no image yet, editing a control clears quietly."""
     demo = sp.build()
     label, seen, gallery = _image_outputs(demo)
-    image, top_k = _blocks(demo, gr.Image)["upload"], _blocks(demo, gr.Slider)["top-k"]
+    image, top_k = blocks_by_id(demo, gr.Image)["upload"], blocks_by_id(demo, gr.Slider)["top-k"]
     fns = list(demo.fns.values())
     predicts = [f for f in fns if f.outputs == [label] and image in f.inputs and top_k._id not in dict(f.targets)]
     assert len(predicts) == 3
@@ -1051,7 +1057,7 @@ def test_controls_appear_with_the_choices_they_belong_to(sp: space.SpaceApp) -> 
     """Ticking "Show heatmaps" shows their controls and gallery (unticking hides them); picking a class hides the
     count of top classes, which then does not apply; a method shows its one-line description."""
     demo = sp.build()
-    blocks = _blocks(demo, gr.blocks.Block)  # every kind: checkboxes, sliders, galleries, the legend
+    blocks = blocks_by_id(demo, gr.blocks.Block)  # every kind: checkboxes, sliders, galleries, the legend
 
     def handler(source: str) -> Any:
         [found] = [f for f in demo.fns.values() if f.inputs == [blocks[source]]]
@@ -1118,8 +1124,8 @@ def test_about_the_model_without_the_new_metrics(sp: space.SpaceApp, monkeypatch
     old = {"n": 10000, "accuracy": 0.906, "accuracy_tta": 0.9119}
     monkeypatch.setitem(sp.clf.config, "metrics", old)
     demo = sp.build()
-    assert not _blocks(demo, gr.Dataframe)
-    text = _blocks(demo, gr.Markdown)["about-text"].value
+    assert not blocks_by_id(demo, gr.Dataframe)
+    text = blocks_by_id(demo, gr.Markdown)["about-text"].value
     assert "**90.6%**" in text and "has no per-class accuracy and no confusion matrix yet" in text
     monkeypatch.setitem(sp.clf.config, "metrics", {**old, "confusion": [[1, 2], [3, 4]]})  # malformed: ignored
     assert "no confusion matrix" in space.about_text(sp.clf.config["metrics"], sp.clf.classes)
@@ -1127,7 +1133,7 @@ def test_about_the_model_without_the_new_metrics(sp: space.SpaceApp, monkeypatch
 
 def test_about_the_model_shows_the_committed_metrics(sp: space.SpaceApp) -> None:
     metrics = sp.clf.config["metrics"]
-    frames = _blocks(sp.build(), gr.Dataframe)
+    frames = blocks_by_id(sp.build(), gr.Dataframe)
     if "confusion" not in metrics:
         pytest.skip("space_app/model.json predates the per-class metrics")
     assert frames["confusion"].value["data"][3] == ["cat", *metrics["confusion"][3]]

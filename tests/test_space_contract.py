@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
-from app_helpers import APP_DIR, REPO, copy_app
+from app_helpers import APP_DIR, REPO, blocks_by_id, copy_app
 from PIL import Image
 
 from era_utils import transforms
@@ -147,8 +148,7 @@ def test_an_export_with_few_or_no_stored_mistakes_builds_the_page(tmp_path: Path
             )
     app = space.SpaceApp(run)
     page = app.build()
-    components = {block.elem_id: block for block in page.blocks.values() if getattr(block, "elem_id", None)}
-    show, count = components["show-mistakes"], components["mistake-count"]
+    show, count = blocks_by_id(page, gr.Checkbox)["show-mistakes"], blocks_by_id(page, gr.Slider)["mistake-count"]
     assert show.interactive == (stored > 0)
     assert count.interactive == (stored > 1) and count.value == max(stored, 1)
     if stored > 1:
