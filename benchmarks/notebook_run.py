@@ -6,14 +6,14 @@ artifacts have the committed ones' paths, so a winner can be committed as it is.
 appends one JSON line to benchmarks/results/notebook_runs.jsonl; `python scripts/readme_tables.py runs FILE`
 shows them as a table.
 
-    # a 24-epoch candidate (max LR 0.01 unless --max-lr; follow it with tail -f runs/notebooks/wd02/papermill.log)
-    python benchmarks/notebook_run.py run wd02 --data-dir ../shared/data/cifar10-jpeg --set weight_decay=0.2
+    # a 24-epoch candidate (max LR 0.01 unless --max-lr; follow it with tail -f runs/notebooks/alt-flip/papermill.log)
+    python benchmarks/notebook_run.py run alt-flip --data-dir ../shared/data/cifar10-jpeg --set flip=alternating
     # a smoke run (20 images per class, one epoch): checks the tooling in about 3 minutes on a 2-core AVX2 CPU
     python benchmarks/notebook_run.py run smoke --data-dir ../shared/data/cifar10-jpeg --smoke
-    # the line of a notebook directory executed before (here the committed run; what it cannot tell is null)
+    # the line of a notebook directory executed before (here the first run; what it cannot tell is null)
     python benchmarks/notebook_run.py record committed-baseline --from .
     # copy the run's notebook and artifacts into the repository, if it beats the committed single view
-    python benchmarks/notebook_run.py ship wd02
+    python benchmarks/notebook_run.py ship alt-flip
     # after `scripts/readme_tables.py readme`: the prose that still quotes the replaced run (git HEAD's), file:line
     python benchmarks/notebook_run.py stale
     # after editing S12.py's markdown: the same text into S12.ipynb, its outputs and timings kept
@@ -690,7 +690,7 @@ def parser() -> argparse.ArgumentParser:
         action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="OVERRIDES: any other TrainConfig field, e.g. weight_decay=0.2 label_smoothing=0.2",
+        help="OVERRIDES: any other TrainConfig field, e.g. flip=alternating ghost_batch_size=32",
     )
     run_p.add_argument("--smoke", action="store_true", help="SMOKE: 20 images per class, one epoch")
     record_p = commands.add_parser("record", help="record an executed notebook directory")

@@ -62,8 +62,8 @@ class TrainConfig:
     epochs: int = 24
     batch_size: int = 512
     max_lr: float | None = 0.01  # OneCycle's peak, read off the LR finder's plot; None: the finder's suggestion
-    weight_decay: float = 0.05  # decoupled (AdamW), conv and linear weights only
-    label_smoothing: float = 0.1
+    weight_decay: float = 0.2  # decoupled (AdamW), conv and linear weights only
+    label_smoothing: float = 0.2
     logit_scale: float = 0.125  # Page's output scaling; slows the last layer under Adam
     ema_decay: float = 0.995  # per-step EMA of weights and BN buffers, with warm-up; 0 turns it off
     pct_start: float = 5 / 24  # warm-up share of OneCycle: 5 of 24 epochs
