@@ -449,3 +449,24 @@ def test_ema_gain_evaluates_the_averaged_and_the_raw_weights(bench, image_folder
         "raw": {"accuracy": 0.8, "accuracy_tta": 0.85},
     }
     assert evaluated == [("ema", 0.5, 30), ("raw", 0.5, 30)]
+
+
+FIGURES = {"accuracy": 0.7, "accuracy_tta": 0.75}
+REPORT = FIGURES | {"n": 30, "per_class": {}}
+
+
+def test_ema_gain_appends_its_line_with_the_command_and_the_machine(bench, image_folder, tmp_path, monkeypatch):
+    ema_gain = bench("ema_gain")
+    torch.manual_seed(0)
+    state = {f"net.{k}": v for k, v in ema_gain.CustomResNet(10).state_dict().items()}
+    torch.save({"state_dict": state, "current_model_state": state, "epoch": 0, "global_step": 1}, tmp_path / "c.ckpt")
+    monkeypatch.setattr(ema_gain, "predict", lambda net, data: types.SimpleNamespace(report=lambda: REPORT))
+    results = tmp_path / "results" / "ema_gain.jsonl"
+    argv = ["--checkpoint", str(tmp_path / "c.ckpt"), "--data-dir", str(image_folder), "--results", str(results)]
+    ema_gain.main(argv)
+    ema_gain.main(argv)
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(lines) == 2
+    assert lines[0]["command"] == shlex.join(["python", "benchmarks/ema_gain.py", *argv])
+    assert lines[0]["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert (lines[0]["ema"], lines[0]["raw"], lines[0]["global_step"]) == (FIGURES, FIGURES, 1)
