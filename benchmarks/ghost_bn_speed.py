@@ -3,8 +3,9 @@
     python benchmarks/ghost_bn_speed.py --batch-size 512 --ghost-batch-size 32 --repeats 5 \
         --results benchmarks/results/ghost_bn_speed.jsonl
 
-Times forward + backward of the whole CustomResNet (10 classes, logit scale 0.125), channels_last fp32 in
-training mode, on random images, for each variant; the variants take turns so that drift in the machine's
+Times forward + backward of the whole CustomResNet (10 classes, logit scale 0.125), channels_last fp32 (with
+`--bf16`, under bf16 autocast, as training runs where the CPU runs bf16 fast) in training mode, on random images,
+for each variant; the variants take turns so that drift in the machine's
 speed hits them alike, and the median is reported. Also times the network's batch-norm layers alone (the
 same input shapes, forward + backward) and checks each variant against F.batch_norm applied to each slice.
 
@@ -118,10 +119,12 @@ def seconds(step: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def net_step(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
+def net_step(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, bf16: bool = False) -> Callable[[], None]:
     def step() -> None:
         net.zero_grad(set_to_none=True)
-        F.cross_entropy(net(images), labels).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(net(images), labels)
+        loss.backward()
 
     return step
 
@@ -175,7 +178,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
     images = torch.randn(args.batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
     labels = torch.randint(0, NUM_CLASSES, (args.batch_size,))
     inputs = bn_inputs(args.batch_size)
-    steps = {name: net_step(network(v, k), images, labels) for name, v in VARIANTS.items()}
+    steps = {name: net_step(network(v, k), images, labels, args.bf16) for name, v in VARIANTS.items()}
     bn_steps = {name: bn_step(v, k, inputs) for name, v in VARIANTS.items()}
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     bn_times: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -195,13 +198,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ghost-batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant, after one warm-up step")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="the whole network's step under bf16 autocast")
     parser.add_argument("--results", type=Path, help="also append the figures as one JSON line (with the machine)")
     args = parser.parse_args(argv)
     source = provenance("ghost_bn_speed.py", argv)  # the code and machine as the run starts
     torch.set_num_threads(args.threads)
     times, bn_times = measure(args)
     base = statistics.median(times["plain BN"])
-    print(f"batch {args.batch_size}, slices of {args.ghost_batch_size}, {args.threads} threads, {args.repeats} steps")
+    precision = "bf16 autocast" if args.bf16 else "fp32"
+    shape = f"batch {args.batch_size}, slices of {args.ghost_batch_size}"
+    print(f"{shape}, {args.threads} threads, {args.repeats} steps, {precision}")
     print(
         f"{'variant':<14}{'net s median':>14}{'(min-max)':>14}{'images/s':>10}{'vs plain':>10}"
         f"{'BN layers s':>13}{'max err':>10}"
@@ -216,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         figures[name] = {"step_s": [round(x, 3) for x in sorted(times[name])], "median_s": round(t, 3)}
         figures[name] |= {"over_plain": round(t / base, 3), "bn_layers_s": round(bn, 3), "max_error": err}
     if args.results:
-        settings = {k: getattr(args, k) for k in ("batch_size", "ghost_batch_size", "repeats", "threads")}
+        settings = {k: getattr(args, k) for k in ("batch_size", "ghost_batch_size", "repeats", "threads", "bf16")}
         append(args.results, source | settings | {"variants": figures})
 
 

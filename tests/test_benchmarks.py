@@ -117,6 +117,7 @@ def test_ghost_bn_speed_records_every_variant(bench, repo, tmp_path, torch_threa
     line = only_line(results)
     assert_provenance(line, repo, "ghost_bn_speed.py", argv)
     assert (line["batch_size"], line["ghost_batch_size"], line["repeats"], line["threads"]) == (8, 4, 2, 1)
+    assert line["bf16"] is False
     assert torch.get_num_threads() == 1
     assert list(line["variants"]) == GHOST_VARIANTS
     for name, figures in line["variants"].items():
@@ -151,16 +152,29 @@ def test_ghost_bn_speed_times_each_variant_after_a_warm_up_round(bench, monkeypa
     monkeypatch.setattr(ghost, "seconds", lambda step: next(clock) * (1 if "bn_step" in step.__qualname__ else 100))
     timed_networks, timed_layers = [], []
     net_step, bn_step = ghost.net_step, ghost.bn_step
-    monkeypatch.setattr(ghost, "net_step", lambda net, *a: timed_networks.append(bn_types(net)) or net_step(net, *a))
+    monkeypatch.setattr(
+        ghost, "net_step", lambda net, *a: timed_networks.append((bn_types(net), a[2])) or net_step(net, *a)
+    )
     monkeypatch.setattr(ghost, "bn_step", lambda variant, *a: timed_layers.append(variant) or bn_step(variant, *a))
-    times, bn_times = ghost.measure(Namespace(batch_size=4, ghost_batch_size=2, repeats=2))
+    times, bn_times = ghost.measure(Namespace(batch_size=4, ghost_batch_size=2, repeats=2, bf16=True))
     assert times["plain BN"] == [900, 1700] and bn_times["plain BN"] == [10, 18]
     assert times["var_mean (c)"] == [1500, 2300] and bn_times["var_mean (c)"] == [16, 24]
     variants = list(ghost.VARIANTS.values())
-    assert timed_networks == [{v or torch.nn.BatchNorm2d} for v in variants] and timed_layers == variants
+    assert timed_networks == [({v or torch.nn.BatchNorm2d}, True) for v in variants] and timed_layers == variants
     for variant in (v for v in variants if v is not None):
         assert bn_types(ghost.network(variant, 2)) == {variant}
     assert {x.shape[0] for x in ghost.bn_inputs(6)} == {6}
+
+
+def test_ghost_bn_speed_bf16_times_the_network_under_bf16_autocast(bench):
+    ghost = bench("ghost_bn_speed")
+    net, dtypes = ghost.network(None, 2), []
+    net.fc.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    ghost.net_step(net, images, labels, bf16=True)()
+    ghost.net_step(net, images, labels)()
+    assert dtypes == [torch.bfloat16, torch.float32]
+    assert net.fc.weight.grad.dtype == torch.float32
 
 
 def bn_types(net: torch.nn.Module) -> set[type]:
