@@ -59,7 +59,7 @@ class FoldedGhostBatchNorm2d(GhostBatchNorm2d):
         # Permute in (N, H, W, C) order: for channels_last input each copy is then one pass in memory order.
         nhwc = x.permute(0, 2, 3, 1).unflatten(0, (s, k))
         folded = nhwc.permute(1, 2, 3, 0, 4).reshape(k, h, w, s * c).permute(0, 3, 1, 2)
-        mean, var = folded.new_zeros(s * c), folded.new_zeros(s * c)
+        mean, var = self.weight.new_zeros(s * c), self.weight.new_zeros(s * c)  # fp32 under bf16 autocast too
         y = F.batch_norm(folded, mean, var, self.weight.repeat(s), self.bias.repeat(s), True, 1.0, self.eps)
         y = y.permute(0, 2, 3, 1).unflatten(3, (s, c)).permute(3, 0, 1, 2, 4).reshape(n, h, w, c).permute(0, 3, 1, 2)
         return y, mean.view(s, c), var.view(s, c)

@@ -108,16 +108,17 @@ def test_git_dirty_means_a_tracked_file_differs_from_the_commit(bench, tmp_path,
     assert results_log.provenance("x.py", [])["git_dirty"] is True
 
 
-def test_ghost_bn_speed_records_every_variant(bench, repo, tmp_path, torch_threads):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_ghost_bn_speed_records_every_variant(bench, repo, tmp_path, torch_threads, bf16):
     torch_threads(2)
     results = tmp_path / "ghost.jsonl"
     argv = ["--batch-size", "8", "--ghost-batch-size", "4", "--repeats", "2", "--threads", "1"]
-    argv += ["--results", str(results)]
+    argv += ["--results", str(results)] + ["--bf16"] * bf16
     bench("ghost_bn_speed").main(argv)
     line = only_line(results)
     assert_provenance(line, repo, "ghost_bn_speed.py", argv)
     assert (line["batch_size"], line["ghost_batch_size"], line["repeats"], line["threads"]) == (8, 4, 2, 1)
-    assert line["bf16"] is False
+    assert line["bf16"] is bf16
     assert torch.get_num_threads() == 1
     assert list(line["variants"]) == GHOST_VARIANTS
     for name, figures in line["variants"].items():
