@@ -5,8 +5,8 @@
 
 Times forward + backward of the whole CustomResNet (10 classes, logit scale 0.125), channels_last fp32 (with
 `--bf16`, under bf16 autocast, as training runs where the CPU runs bf16 fast) in training mode, on random images,
-for each variant; the variants take turns so that drift in the machine's
-speed hits them alike, and the median is reported. Also times the network's batch-norm layers alone (the
+for each variant; the variants take turns so that drift in the machine's speed hits them alike, and the median is
+reported. Also times the network's batch-norm layers alone (the
 same input shapes, forward + backward) and checks each variant against F.batch_norm applied to each slice.
 
 - split: `era_utils.ghost_bn` as committed, one F.batch_norm call per slice of `x.split(k)`, then torch.cat;
@@ -18,7 +18,8 @@ On the idle 2-core AVX2-only CPU (AMD EPYC), seconds per step of 512 (median of 
 ghost_bn_speed.jsonl): plain 13.31 (12.09-20.01), split 14.39 (1.08; 12.65-15.24, inside plain's spread), fold 15.65
 (1.18), var_mean 16.12 (1.21); an earlier run, without a result file, had split at 1.016. When another
 process keeps a core busy, each F.batch_norm call can wait for a descheduled OpenMP thread, and split, with 16
-calls per layer instead of one, fell to 1.20x plain (fold 1.19x); `--threads 1` avoids that.
+calls per layer instead of one, fell to 1.20x plain (fold 1.19x); `--threads 1` avoids that. On the idle 2-core
+AVX-512 CPU with `--bf16`: plain 1.84, split 1.86 (1.01), fold 2.69 (1.46), var_mean 5.74 (3.12).
 """
 
 import argparse
