@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -83,10 +82,11 @@ def shoot(url: str, out: Path, example: str, k: int, cams: int, mistakes: int, m
 
 def main(argv: list[str] | None = None) -> int:
     """Options the Space does not offer are usage errors here, not a Playwright timeout minutes later."""
-    classes = json.loads((APP_DIR / "model.json").read_text())["classes"]
+    inference = load_file_module(APP_DIR, "inference")
+    classes = inference.load_config(APP_DIR)["classes"]
     examples = sorted(path.stem for path in (APP_DIR / "examples").glob("*.png"))
     methods = list(load_file_module(APP_DIR, "explain").METHODS)
-    most = min(load_file_module(APP_DIR, "inference").MAX_K, len(classes))  # the k and heatmap sliders' maximum
+    most = inference.most_shown(len(classes))  # the k and heatmap sliders' maximum
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="use an app already running here")
     p.add_argument("--out", type=Path, default=REPO / "images" / "space_app.png")

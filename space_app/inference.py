@@ -50,6 +50,13 @@ EXAMPLES_DIR = "examples"
 MAX_FILE_BYTES = 20 * 1024 * 1024  # also passed to launch(max_file_size=...)
 MAX_PIXELS = 40_000_000  # 40 MP: a phone photo is ~12 MP; a 20000x20000 bomb is 400 MP
 MAX_K = 10  # the most classes a prediction lists, whatever the number of classes
+
+
+def most_shown(n_classes: int) -> int:
+    """The most classes (and heatmaps) one request shows: MAX_K, or every class if there are fewer."""
+    return min(MAX_K, n_classes)
+
+
 # Pillow decodes a few dozen formats, some through external programs (EPS via Ghostscript);
 # only these common, self-contained ones are accepted.
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG includes MPO (camera JPEGs)
@@ -283,7 +290,7 @@ class Classifier:
 
     @property
     def max_k(self) -> int:
-        return min(MAX_K, len(self.classes))
+        return most_shown(len(self.classes))
 
     def model_input(self, image: Image.Image) -> np.ndarray:
         """The uint8 HxWx3 image the network sees: the central square, resized to image_size.
