@@ -348,8 +348,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         "--flip",
         choices=FLIPS,
         default=defaults.flip,
-        help="random: each training image mirrored with p = 0.5; alternating: at random in the first epoch, "
-        "then the other way round in every next one (airbench)",
+        help="alternating: each training image mirrored at random in the first epoch, then the other way round in "
+        "every next one (airbench); random: mirrored with p = 0.5 in every epoch",
     )
     p.add_argument(
         "--lr-find-iters",

@@ -31,10 +31,11 @@ README_ROWS = {
     "logit_scale": ("loss", r"logits scaled by ([\d.]+)"),
     "ema_decay": ("weight averaging", r"decay ([\d.]+) per step"),
     "pct_start": ("schedule", r"warm-up over the first (\d+/\d+) of the steps"),
+    "flip": ("augmentation", r"(\w+) horizontal flip"),
 }
 
 
-def readme_recipe() -> dict[str, float]:
+def readme_recipe() -> dict[str, float | str]:
     """The recipe as README.md's Hyperparameters table states it (a shipped run with another recipe changes the
     table and TrainConfig's defaults together, or this fails)."""
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -43,7 +44,7 @@ def readme_recipe() -> dict[str, float]:
     recipe = {}
     for knob, (row, pattern) in README_ROWS.items():
         value = re.search(pattern, rows[row]).group(1)
-        recipe[knob] = float(Fraction(value))
+        recipe[knob] = value if knob == "flip" else float(Fraction(value))
     return recipe
 
 
