@@ -60,7 +60,7 @@ def report(cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule) -> tuple[
     indices = report_indices(cfg, dm)
     preds = predict(net.float().to(device_for(cfg)), Subset(dm.test_dataset(), indices.tolist()))
     net.cpu()
-    metrics = preds.report()
+    metrics = preds.report(dm.test_split.file_format)
     labels, predicted = preds.labels, preds.probs.argmax(1)
     plots.confusion(labels, predicted, cfg.images_dir / "confusion_matrix.png")
     plots.per_class_accuracy(labels, predicted, cfg.images_dir / "per_class_accuracy.png")
@@ -77,7 +77,7 @@ def export_artifacts(
     cfg: TrainConfig, net: CustomResNet, dm: CIFAR10DataModule, preds: Predictions, max_lr: float
 ) -> Path:
     """Weights + JSON, the app's examples and its misclassified store, into `app_dir` (default `out`)."""
-    metrics = preds.report()  # the schema model.json carries: see Predictions.report
+    metrics = preds.report(dm.test_split.file_format)  # the schema model.json carries: see Predictions.report
     training = asdict(cfg) | {"max_lr": max_lr}
     indices = report_indices(cfg, dm)
     save_store(

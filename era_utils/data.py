@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from era_utils.config import CLASS_NAMES, IMAGE_SIZE
 from era_utils.transforms import FLIPS, eval_transforms, train_transforms
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+# The image folder's file suffixes, with the format each names (an evaluation reports which its test images had).
+FILE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WebP"}
 
 
 class DataError(RuntimeError):
@@ -26,16 +27,18 @@ class DataError(RuntimeError):
 
 @dataclass
 class Split:
-    """One split as uint8 NHWC images and int64 labels."""
+    """One split as uint8 NHWC images and int64 labels; `file_format` names an image folder's file format(s)
+    ("JPEG", or "JPEG and PNG" when mixed), None for torchvision's original arrays."""
 
     images: np.ndarray
     labels: np.ndarray
+    file_format: str | None = None
 
     def take_per_class(self, n: int) -> "Split":
         """The first `n` images of every class, keeping the original order."""
         keep = np.concatenate([np.flatnonzero(self.labels == c)[:n] for c in range(len(CLASS_NAMES))])
         keep.sort()
-        return Split(self.images[keep], self.labels[keep])
+        return Split(self.images[keep], self.labels[keep], self.file_format)
 
 
 def derived_seed(*keys: int) -> int:
@@ -135,7 +138,7 @@ def load_image_folder(root: Path, split: str) -> Split:
         )
     paths, labels, empty = [], [], []
     for label, name in enumerate(CLASS_NAMES):
-        files = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in FILE_FORMATS)
         paths += files
         labels += [label] * len(files)
         if not files:
@@ -145,7 +148,8 @@ def load_image_folder(root: Path, split: str) -> Split:
         raise DataError(f"{split_dir} holds no images{where}; every class folder needs images")
     with ThreadPoolExecutor() as pool:
         images = np.stack(list(pool.map(_decode, paths, chunksize=256)))
-    return Split(images, np.asarray(labels, dtype=np.int64))
+    file_format = " and ".join(sorted({FILE_FORMATS[p.suffix.lower()] for p in paths}))
+    return Split(images, np.asarray(labels, dtype=np.int64), file_format)
 
 
 def load_torchvision(root: Path, split: str) -> Split:

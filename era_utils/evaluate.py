@@ -52,9 +52,12 @@ class Predictions:
     probs_tta: np.ndarray
     probs_tta_translate: np.ndarray
 
-    def report(self) -> dict:
-        """Overall and per-class accuracy of each view, and the single view's confusion counts."""
+    def report(self, file_format: str | None = None) -> dict:
+        """Overall and per-class accuracy of each view, and the single view's confusion counts; with the test
+        images' `file_format` (an image folder's `Split.file_format`), also that, as "test_files"."""
         out: dict = {"n": int(len(self.labels))}
+        if file_format:
+            out["test_files"] = file_format
         views = (("", self.probs), ("_tta", self.probs_tta), ("_tta_translate", self.probs_tta_translate))
         for key, probs in views:
             correct = probs.argmax(1) == self.labels
@@ -111,12 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         net, config = load_model(args.weights)
         if config["classes"] != list(CLASS_NAMES):
             raise ValueError(f"{args.weights} was trained on classes {config['classes']}, not CIFAR-10's")
-        dataset = ArrayDataset(load_split("test", args.data_dir), eval_transforms())
+        split = load_split("test", args.data_dir)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     net.to("cuda" if torch.cuda.is_available() else "cpu")
-    metrics = predict(net, dataset, args.batch_size, progress=True).report()
+    dataset = ArrayDataset(split, eval_transforms())
+    metrics = predict(net, dataset, args.batch_size, progress=True).report(split.file_format)
     if args.write_metrics:
         try:
             write_metrics(args.weights, metrics)

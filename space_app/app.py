@@ -155,6 +155,13 @@ def tta_text(metrics: dict[str, Any]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def stored_as_text(metrics: dict[str, Any]) -> str:
+    """E.g. " stored as JPEG" when the test images were read from an image folder of JPEG files (such a copy scores
+    a few points below CIFAR-10's original lossless arrays); "" for the original arrays or an older model.json."""
+    file_format = metrics.get("test_files")
+    return f" stored as {file_format}" if isinstance(file_format, str) and file_format else ""
+
+
 def confusion_rows(metrics: dict[str, Any], classes: list[str]) -> list[list[Any]]:
     """The confusion matrix (rows: true class, columns: predicted) with the class in front; [] if absent."""
     matrix = metrics.get("confusion")
@@ -175,6 +182,7 @@ def about_text(metrics: dict[str, Any], classes: list[str]) -> str:
     lines = []
     if "accuracy" in metrics:
         n = f" of the {metrics['n']:,} CIFAR-10 test images" if metrics.get("n") else " of the test images"
+        n += stored_as_text(metrics)
         lines.append(f"Test accuracy: **{_share(metrics['accuracy'])}**{n} classified right{tta_text(metrics)}.")
     confusion = confusion_rows(metrics, classes)
     if confusion:
@@ -481,7 +489,7 @@ class SpaceApp:
         if "accuracy" in metrics:
             accuracy = f" Test accuracy **{metrics['accuracy']:.1%}**"
             if metrics.get("n"):
-                accuracy += f" on {metrics['n']:,} CIFAR-10 test images"
+                accuracy += f" on {metrics['n']:,} CIFAR-10 test images{stored_as_text(metrics)}"
             accuracy += f"{tta_text(metrics)}."
         size = self.clf.image_size
         return (

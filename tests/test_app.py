@@ -216,7 +216,7 @@ def test_model_loads_in_eval_mode_with_settings_from_json(sp: space.SpaceApp) ->
     assert np.allclose(sp.clf.mean, cfg["mean"]) and np.allclose(sp.clf.std, cfg["std"])
     assert sp.clf.net.logit_scale == cfg["logit_scale"]
     metrics = cfg["metrics"]
-    assert f"**{metrics['accuracy']:.1%}** on {metrics['n']:,} CIFAR-10 test images" in sp.header()
+    assert f"**{metrics['accuracy']:.1%}** on {metrics['n']:,} CIFAR-10 test images stored as JPEG" in sp.header()
     assert f"({metrics['accuracy_tta']:.1%} with flip test-time" in sp.header()
     assert f"{metrics['accuracy_tta_translate']:.1%} with flip and one-pixel-shift views)." in sp.header()
 
@@ -1110,7 +1110,21 @@ def test_about_the_model_reads_the_metrics() -> None:
     assert space.per_class_rows(metrics, CLASSES)[3] == ["cat", "53.0%", "63.0%", "73.0%"]
     assert "augmentation, 88.9% with flip and one-pixel-shift views)." in space.about_text(metrics, CLASSES)
     assert "cat taken for dog (40×), dog taken for cat (25×), bird taken for airplane (7×)" in text
-    assert "has no" not in text
+    assert "has no" not in text and "stored as" not in text  # torchvision's original arrays: no format to name
+
+
+def test_the_accuracy_names_a_copys_file_format(sp: space.SpaceApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measured on a JPEG copy, the accuracy runs points below what the original arrays give: the header and the
+    about text say so. A malformed value (not a string, or empty) says nothing rather than something wrong."""
+    metrics = _metrics() | {"test_files": "JPEG"}
+    assert "of the 1,000 CIFAR-10 test images stored as JPEG classified right (88.1%" in space.about_text(
+        metrics, CLASSES
+    )
+    monkeypatch.setitem(sp.clf.config, "metrics", metrics)
+    assert "**87.3%** on 1,000 CIFAR-10 test images stored as JPEG (88.1% with flip" in sp.header()
+    for malformed in (5, "", None, ["JPEG"]):
+        metrics["test_files"] = malformed
+        assert "stored as" not in space.about_text(metrics, CLASSES) and "stored as" not in sp.header()
 
 
 def test_per_class_table_has_rows_only_for_the_classes_the_metrics_cover() -> None:

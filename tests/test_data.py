@@ -75,6 +75,22 @@ def test_image_files_are_read_whatever_the_case_of_their_suffix(image_folder, tm
     (cat / "0001.png").unlink()
     split = load_split("test", root)
     assert len(split.labels) == 30 and (split.labels == 3).sum() == 3
+    assert split.file_format == "JPEG and PNG"  # both formats, named once each, whatever their suffixes' case
+    dog = root / "test" / "dog"
+    for suffix in (".webp", ".bmp"):  # four formats: named in one order, not in a set's (hash-seeded) order
+        Image.open(dog / "0000.png").save(dog / f"0000{suffix}", lossless=True)
+    (dog / "0000.png").unlink()
+    (dog / "0001.png").unlink()
+    assert load_split("test", root).file_format == "BMP and JPEG and PNG and WebP"
+
+
+def test_the_file_format_survives_the_per_class_subset(image_folder: Path) -> None:
+    """The app tells its visitors which copy the accuracy was measured on (a JPEG copy scores points lower): a
+    smoke run's subset must keep the folder's format, and torchvision's original arrays have none."""
+    dm = CIFAR10DataModule(image_folder, per_class=2, num_workers=0)
+    dm.setup()
+    assert (dm.train_split.file_format, dm.test_split.file_format) == ("PNG", "PNG")
+    assert Split(np.zeros((1, 32, 32, 3), np.uint8), np.zeros(1, np.int64)).file_format is None
 
 
 def test_an_unreadable_file_in_the_folder_is_named(image_folder, tmp_path):
@@ -184,6 +200,7 @@ def test_torchvision_download_reads_the_split_asked_for(tmp_path, monkeypatch):
     test = load_split("test", None, download_root=tmp_path)
     assert calls == [(str(tmp_path), False, True)]
     assert test.images.shape == (3, 32, 32, 3) and (test.images == 2).all() and list(test.labels) == [2] * 3
+    assert test.file_format is None  # the original arrays, not an image folder's copy
     train = load_split("train", None, download_root=tmp_path)
     assert calls[1] == (str(tmp_path), True, True)
     assert train.images.shape == (5, 32, 32, 3) and (train.images == 1).all() and list(train.labels) == [1] * 5

@@ -97,8 +97,8 @@ def test_training_export_writes_the_full_metrics(image_folder: Path, tmp_path: P
     preds = random_predictions(dm.test_split.labels)
     weights = export_artifacts(cfg, CustomResNet(NUM_CLASSES), dm, preds, max_lr=0.0123)
     config = json.loads(weights.with_name(CONFIG_NAME).read_text())
-    assert config["metrics"] == json.loads(json.dumps(preds.report()))
-    assert set(config["metrics"]) == METRIC_KEYS
+    assert config["metrics"] == json.loads(json.dumps(preds.report("PNG")))
+    assert set(config["metrics"]) == METRIC_KEYS | {"test_files"}
     # The max LR the run used (here, as when the LR finder chose it, not the config's None), and every other knob.
     assert config["training"] == json.loads(json.dumps(asdict(cfg) | {"max_lr": 0.0123}))
 
@@ -133,7 +133,8 @@ def test_write_metrics_replaces_only_the_metrics(app_dir: Path, image_folder: Pa
     assert list(new) == list(old)
     assert {k: v for k, v in new.items() if k != "metrics"} == {k: v for k, v in old.items() if k != "metrics"}
     metrics = new["metrics"]
-    assert metrics == json.loads(line) and set(metrics) == METRIC_KEYS and metrics["n"] == 30
+    assert metrics == json.loads(line) and set(metrics) == METRIC_KEYS | {"test_files"} and metrics["n"] == 30
+    assert metrics["test_files"] == "PNG"  # the tiny folder's files: the app says which copy it was tested on
     confusion = np.array(metrics["confusion"])
     assert confusion.sum(1).tolist() == [3] * NUM_CLASSES  # 3 test images per class in the tiny folder
     assert round(np.trace(confusion) / 30, 4) == metrics["accuracy"]
