@@ -17,6 +17,8 @@ from era_utils.data import CIFAR10DataModule
 from era_utils.history import KeepLogOnResume, epoch_table
 from era_utils.lit_module import CheckpointMismatchError, RecipeCheck
 from era_utils.train import build_datamodule, build_net, build_trainer, choose_max_lr, fit, main
+from era_utils.train_config import TrainConfig
+from era_utils.transforms import FLIPS
 
 EPOCHS, STEPS_PER_EPOCH = 2, 5  # 40 training images in batches of 8
 
@@ -177,7 +179,7 @@ def test_resume_takes_the_checkpoints_max_lr_and_does_not_run_the_lr_finder(imag
         ({"pct_start": 0.5}, "pct_start"),
         # Outside LitClassifier: the data order and augmentation, the network's batch norm, the EMA, the logits.
         ({"seed": 7}, "seed: 42 in the checkpoint, 7 now"),
-        ({"flip": "alternating"}, "flip"),
+        ({"flip": next(f for f in FLIPS if f != TrainConfig().flip)}, "flip"),  # whichever is not the default
         ({"ghost_batch_size": 2}, "ghost_batch_size"),
         ({"ema_decay": 0.0}, "ema_decay"),
         ({"logit_scale": 1.0}, "logit_scale"),
