@@ -22,16 +22,22 @@ from era_utils.model import CustomResNet
 from era_utils.train_config import TrainConfig
 from era_utils.transforms import eval_transforms
 
-# Where the README's Hyperparameters table states each knob of the recipe: (row, pattern of the value).
+
+def number(text: str) -> float:
+    """A value as the table writes it: 0.2, 24 or a fraction such as 5/24."""
+    return float(Fraction(text))
+
+
+# Where the README's Hyperparameters table states each knob of the recipe: (row, pattern of the value, its reader).
 README_ROWS = {
-    "epochs": ("epochs", r"(\d+)"),
-    "batch_size": ("batch size", r"(\d+)"),
-    "weight_decay": ("optimizer", r"weight decay ([\d.]+)"),
-    "label_smoothing": ("loss", r"label smoothing ([\d.]+)"),
-    "logit_scale": ("loss", r"logits scaled by ([\d.]+)"),
-    "ema_decay": ("weight averaging", r"decay ([\d.]+) per step"),
-    "pct_start": ("schedule", r"warm-up over the first (\d+/\d+) of the steps"),
-    "flip": ("augmentation", r"(\w+) horizontal flip"),
+    "epochs": ("epochs", r"(\d+)", number),
+    "batch_size": ("batch size", r"(\d+)", number),
+    "weight_decay": ("optimizer", r"weight decay ([\d.]+)", number),
+    "label_smoothing": ("loss", r"label smoothing ([\d.]+)", number),
+    "logit_scale": ("loss", r"logits scaled by ([\d.]+)", number),
+    "ema_decay": ("weight averaging", r"decay ([\d.]+) per step", number),
+    "pct_start": ("schedule", r"warm-up over the first (\d+/\d+) of the steps", number),
+    "flip": ("augmentation", r"(\w+) horizontal flip", str),
 }
 
 
@@ -42,9 +48,8 @@ def readme_recipe() -> dict[str, float | str]:
     table = text.split("### Hyperparameters", 1)[1].split("\n#", 1)[0]
     rows = dict(line.split(" | ", 1) for line in (row.strip("| ") for row in table.splitlines()) if " | " in line)
     recipe = {}
-    for knob, (row, pattern) in README_ROWS.items():
-        value = re.search(pattern, rows[row]).group(1)
-        recipe[knob] = value if knob == "flip" else float(Fraction(value))
+    for knob, (row, pattern, read) in README_ROWS.items():
+        recipe[knob] = read(re.search(pattern, rows[row]).group(1))
     return recipe
 
 
