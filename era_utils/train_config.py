@@ -68,7 +68,7 @@ class TrainConfig:
     ema_decay: float = 0.995  # per-step EMA of weights and BN buffers, with warm-up; 0 turns it off
     pct_start: float = 5 / 24  # warm-up share of OneCycle: 5 of 24 epochs
     flip: str = "alternating"  # airbench's: the other way round each epoch; or "random" (p = 0.5)
-    ghost_batch_size: int = 0  # training BN statistics over slices of this many images (Page: 32); 0: whole batch
+    ghost_batch_size: int = 32  # training BN statistics over slices of this many images (Page's); 0: whole batch
     lr_find_iters: int = 200  # the LR range test's batches; 0: no range test (then max_lr must be given)
     accelerator: str = "auto"
     devices: str = "auto"

@@ -38,6 +38,7 @@ README_ROWS = {
     "ema_decay": ("weight averaging", r"decay ([\d.]+) per step", number),
     "pct_start": ("schedule", r"warm-up over the first (\d+/\d+) of the steps", number),
     "flip": ("augmentation", r"(\w+) horizontal flip", str),
+    "ghost_batch_size": ("batch norm", r"slices of (\d+) images", number),
 }
 
 

@@ -101,14 +101,14 @@ def test_cli_flags_reach_the_config():
             "--pct-start",
             "0.3",
             "--flip",
-            "alternating",
+            "random",
             "--ghost-batch-size",
-            "32",
+            "16",
         ]
     )
     assert (cfg.devices, cfg.strategy, cfg.num_nodes, cfg.precision, cfg.resume) == ("2", "ddp", 3, "32", True)
     assert (cfg.max_lr, cfg.seed, cfg.epochs, cfg.batch_size, cfg.pct_start) == (0.02, 7, 5, 64, 0.3)
-    assert (cfg.flip, cfg.ghost_batch_size) == ("alternating", 32)
+    assert (cfg.flip, cfg.ghost_batch_size) == ("random", 16)  # neither is the default
     assert parse_args(["--max-lr", "finder"]).max_lr is None
 
 
@@ -449,7 +449,7 @@ def test_ghost_batch_norm_trains_on_slices_and_exports_the_plain_networks_weight
     net = build_net(cfg)
     norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(norms) == 8 and all(isinstance(m, GhostBatchNorm2d) and m.ghost_batch_size == 4 for m in norms)
-    assert not [m for m in build_net(TrainConfig()).modules() if isinstance(m, GhostBatchNorm2d)]
+    assert not [m for m in build_net(TrainConfig(ghost_batch_size=0)).modules() if isinstance(m, GhostBatchNorm2d)]
     _, lit = fit(cfg, net, build_datamodule(cfg), cfg.max_lr)
     plain = CustomResNet(10, cfg.logit_scale)
     plain.load_state_dict(lit.net.state_dict(), strict=True)
