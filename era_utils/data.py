@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from era_utils.config import CLASS_NAMES, IMAGE_SIZE
-from era_utils.transforms import FLIPS, eval_transforms, train_transforms
+from era_utils.transforms import DEFAULT_FLIP, FLIPS, eval_transforms, train_transforms
 
 # The image folder's file suffixes, with the format each names (an evaluation reports which its test images had).
 FILE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WebP"}
@@ -148,8 +148,14 @@ def load_image_folder(root: Path, split: str) -> Split:
         raise DataError(f"{split_dir} holds no images{where}; every class folder needs images")
     with ThreadPoolExecutor() as pool:
         images = np.stack(list(pool.map(_decode, paths, chunksize=256)))
-    file_format = " and ".join(sorted({FILE_FORMATS[p.suffix.lower()] for p in paths}))
+    file_format = format_names({FILE_FORMATS[p.suffix.lower()] for p in paths})
     return Split(images, np.asarray(labels, dtype=np.int64), file_format)
+
+
+def format_names(formats: set[str]) -> str:
+    """The formats in alphabetical order as prose: "JPEG", "JPEG and PNG", "BMP, JPEG and PNG"."""
+    names = sorted(formats)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def load_torchvision(root: Path, split: str) -> Split:
@@ -182,7 +188,8 @@ def load_split(split: str, data_dir: str | Path | None, download_root: str | Pat
 
 
 class CIFAR10DataModule(L.LightningDataModule):
-    """Decodes both splits once into memory; the test split doubles as the validation set."""
+    """Decodes both splits once into memory; the test split doubles as the validation set. `flip` is how training
+    images are mirrored (one of `transforms.FLIPS`; the recipe's by default)."""
 
     def __init__(
         self,
@@ -192,7 +199,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         per_class: int | None = None,
         download_root: str | Path = "data",
         seed: int = 0,
-        flip: str = "random",
+        flip: str = DEFAULT_FLIP,
     ) -> None:
         super().__init__()
         if flip not in FLIPS:

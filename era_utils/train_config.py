@@ -5,7 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from era_utils.transforms import FLIPS
+from era_utils.transforms import DEFAULT_FLIP, FLIPS
 
 # The smoke run's range test: a few more batches than the suggestion takes (lr_finder.MIN_BATCHES), since the
 # loss may diverge before the last one.
@@ -67,7 +67,7 @@ class TrainConfig:
     logit_scale: float = 0.125  # Page's output scaling; slows the last layer under Adam
     ema_decay: float = 0.995  # per-step EMA of weights and BN buffers, with warm-up; 0 turns it off
     pct_start: float = 5 / 24  # warm-up share of OneCycle: 5 of 24 epochs
-    flip: str = "alternating"  # airbench's: the other way round each epoch; or "random" (p = 0.5)
+    flip: str = DEFAULT_FLIP  # airbench's alternating flip: the other way round each epoch; or "random" (p = 0.5)
     ghost_batch_size: int = 32  # training BN statistics over slices of this many images (Page's); 0: whole batch
     lr_find_iters: int = 200  # the LR range test's batches; 0: no range test (then max_lr must be given)
     accelerator: str = "auto"

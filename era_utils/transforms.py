@@ -12,6 +12,7 @@ CUTOUT_SIZE = 8
 # How training images are mirrored: "random", each with p = 0.5 by the pipeline; "alternating", airbench's,
 # by the dataset: at random in the first epoch, then the other way round in every next one.
 FLIPS: tuple[str, ...] = ("random", "alternating")
+DEFAULT_FLIP = "alternating"  # the recipe's: TrainConfig's and the data module's default
 # Cutout fills with the mean colour, which is zero after normalization.
 MEAN_PIXEL = tuple(round(m * 255) for m in CIFAR_MEAN)
 

@@ -81,7 +81,7 @@ def test_image_files_are_read_whatever_the_case_of_their_suffix(image_folder, tm
         Image.open(dog / "0000.png").save(dog / f"0000{suffix}", lossless=True)
     (dog / "0000.png").unlink()
     (dog / "0001.png").unlink()
-    assert load_split("test", root).file_format == "BMP and JPEG and PNG and WebP"
+    assert load_split("test", root).file_format == "BMP, JPEG, PNG and WebP"
 
 
 def test_the_file_format_survives_the_per_class_subset(image_folder: Path) -> None:

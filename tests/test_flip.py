@@ -7,6 +7,7 @@ import torch
 
 from era_utils.config import IMAGE_SIZE
 from era_utils.data import ArrayDataset, CIFAR10DataModule, Split
+from era_utils.train_config import TrainConfig
 from era_utils.transforms import train_transforms
 
 N_IMAGES = 64
@@ -52,6 +53,11 @@ def test_alternating_flip_leaves_the_flip_out_of_the_pipeline():
     dm.train_split = dm.test_split = half_bright_split()
     assert not [t for t in dm.train_dataset().transform.transforms if isinstance(t, A.HorizontalFlip)]
     assert [t for t in train_transforms().transforms if isinstance(t, A.HorizontalFlip)]
+
+
+def test_the_data_module_flips_as_the_recipe_does_by_default():
+    """Code that builds the data module itself trains the flip the committed model was trained with."""
+    assert CIFAR10DataModule().flip == TrainConfig().flip
 
 
 def test_unknown_flip_and_unseeded_alternating_flip_are_refused():
