@@ -140,10 +140,11 @@ display(Image(filename=cfg.images_dir / "augmented_samples.png"))
 
 # %% [markdown]
 # ## The network
-# Page's ResNet-9: prep 64 → layer1 128 (+ residual block) → layer2 256 → layer3 512 (+ residual block)
-# → max pool 4 → linear 10. Its logits are scaled by 0.125 (no parameters). Its batch norms are ghost batch norms
-# (`GhostBatchNorm2d`): in training each normalises 32-image slices of the batch on their own; at inference they are
-# ordinary batch norms, with the same parameters and buffers, so the exported weights load into a plain network.
+# Page's ResNet-9: prep 64 → layer1 128 (+ residual block) → layer2 256 → layer3 512 (+ residual block) → max pool 4 →
+# linear 10. Its logits are scaled by 0.125 (no parameters). With the default `ghost_batch_size` its batch norms are
+# ghost batch norms (`GhostBatchNorm2d`): in training each normalises 32-image slices of the batch on their own; at
+# inference they are ordinary batch norms, with the same parameters and buffers, so the exported weights load into a
+# plain network.
 
 # %%
 net = build_net(cfg)
@@ -169,14 +170,13 @@ print(f"suggested: {finder.suggested_lr:.3e}; OneCycle max LR used: {max_lr:.3e}
 
 # %% [markdown]
 # ## Training
-# AdamW (weight decay on conv/linear weights only), OneCycleLR stepped every batch (linear warm-up over
-# the first 5/24 of the steps, then linear decay), cross-entropy with label smoothing 0.2, an EMA of the
-# weights, batch 512, ghost batch norm over 32-image slices. The validation set is the 10,000-image test split; nothing is selected on it within a run (the
-# last epoch is the model), but recipes are compared across runs by the same test accuracy, so read small
-# differences between recipes as optimistic. The committed run took about 3 min 5 s per epoch on its CPU.
-# Lightning's messages below are expected: the log and checkpoint folders' notices mean this run's files replace
-# earlier ones (nothing is resumed without `resume=True`), and `Total FLOPs: 0` only means Lightning did not
-# count them.
+# AdamW (weight decay on conv/linear weights only), OneCycleLR stepped every batch (linear warm-up over the first 5/24
+# of the steps, then linear decay), cross-entropy with label smoothing 0.2, an EMA of the weights, batch 512, ghost
+# batch norm over 32-image slices. The validation set is the 10,000-image test split; nothing is selected on it within a
+# run (the last epoch is the model), but recipes are compared across runs by the same test accuracy, so read small
+# differences between recipes as optimistic. The committed run took about 3 min 5 s per epoch on its CPU. Lightning's
+# messages below are expected: the log and checkpoint folders' notices mean this run's files replace earlier ones
+# (nothing is resumed without `resume=True`), and `Total FLOPs: 0` only means Lightning did not count them.
 
 # %%
 trainer, lit = fit(cfg, net, dm, max_lr)
@@ -187,9 +187,9 @@ trainer, lit = fit(cfg, net, dm, max_lr)
 # progress bar above counts from 0, so its `Epoch 23` is epoch 24 here. `train_*` averages the epoch's batches, on
 # augmented images, with the weights of each step; `val_*` is measured at the epoch's end on clean test images with
 # the averaged weights, which is why validation is above training for the first 18 epochs. Later, training accuracy
-# climbs to 96.7% while validation rises more slowly, to 91.3%: the stronger weight decay and label smoothing and the
-# ghost batch norm hold back the overfitting the first run showed (98.2% against a flat 90.6%). With label smoothing 0.2 the training loss
-# cannot fall below about 0.87.
+# climbs to 96.7% while validation rises more slowly, to 91.3%: the stronger weight decay, label smoothing and
+# ghost batch norm hold back the overfitting the first run showed (98.2% against a flat 90.6%). With label
+# smoothing 0.2 the training loss cannot fall below about 0.87.
 
 # %%
 history = epoch_table(Path(trainer.logger.log_dir) / "metrics.csv")
