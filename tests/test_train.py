@@ -22,7 +22,7 @@ from era_utils.ghost_bn import GhostBatchNorm2d
 from era_utils.lit_module import LitClassifier
 from era_utils.misclassified import parse_file_name
 from era_utils.model import CustomResNet
-from era_utils.train import build_datamodule, build_net, build_trainer, ema_with_warmup, fit, main, parse_args
+from era_utils.train import build_datamodule, build_net, build_trainer, fit, main, parse_args
 from era_utils.train_config import ConfigError, TrainConfig
 from era_utils.transforms import eval_transforms
 
@@ -365,22 +365,6 @@ def test_an_output_folder_that_cannot_be_made_is_a_clear_error(image_folder, tmp
     assert code == 2
     assert f"cannot create the output folder {blocker / 'run'}" in capsys.readouterr().err
     assert blocker.read_text() == "not a folder"
-
-
-def test_ema_decay_ramps_up_from_the_first_updates_to_the_configured_decay():
-    update = ema_with_warmup(0.995)
-    ema, current = torch.zeros(1), torch.ones(1)
-    assert update(ema, current, torch.tensor(1)).item() == pytest.approx(1 - 2 / 11)
-    assert update(ema, current, torch.tensor(100_000)).item() == pytest.approx(0.005)
-    for n in range(1, 99):  # one epoch of CIFAR-10 at batch 512
-        ema = update(ema, current, torch.tensor(n))
-    assert ema.item() > 0.99  # without the ramp: 1 - 0.995 ** 98 = 0.39
-
-
-def test_batch_norms_step_counters_follow_the_model_rather_than_a_truncated_mean():
-    update = ema_with_warmup(0.995)
-    counter = update(torch.tensor(2000), torch.tensor(2352), torch.tensor(2351))
-    assert counter.dtype == torch.int64 and counter.item() == 2352
 
 
 def _flat_weights(module: torch.nn.Module) -> torch.Tensor:
