@@ -39,7 +39,7 @@
 # | `DATA_DIR` | `None` downloads CIFAR-10 into `data/` (Colab); or an image folder with `train/<class>/` and `test/<class>/`, such as `../shared/data/cifar10-jpeg` |
 # | `OUT` | where figures, logs, checkpoints and mistakes go, and the Space's files (`OUT/space_app`). `"."` is the repository: a local run **replaces its committed results and the Space's model** (`"runs/mine"` keeps them); in Colab it writes into the clone |
 # | `MAX_LR` | OneCycle's peak LR: 0.01, the committed run's, read off the LR finder's plot; `None` takes the finder's own suggestion |
-# | `OVERRIDES` | any other `TrainConfig` field, e.g. `{"ema_decay": 0.999, "flip": "random"}` (headless: `-y '{OVERRIDES: {ema_decay: 0.999}}'`); also `weight_decay`, `label_smoothing`, `ema_decay`, `pct_start`, `batch_size`, `seed`; all: `python -m era_utils.train --help` |
+# | `OVERRIDES` | any other `TrainConfig` field, e.g. `{"ema_decay": 0.99, "flip": "random"}` (headless: `-y '{OVERRIDES: {ema_decay: 0.99}}'`); also `weight_decay`, `label_smoothing`, `ema_decay`, `pct_start`, `batch_size`, `seed`; all: `python -m era_utils.train --help` |
 # | `REPO_URL` | Colab only: this repository's GitHub URL, to clone |
 
 # %% tags=["parameters"]
