@@ -17,8 +17,7 @@ def warmup_decay(decay: float, num_averaged: int) -> float:
 def highest_reachable_decay(total_steps: int) -> float:
     """The warm-up's decay at the last update of a run of `total_steps` steps (the first update copies the
     weights, so the last comes after total_steps - 1): no configured decay above it is ever used."""
-    n = max(total_steps - 1, 0)
-    return (1 + n) / (10 + n)
+    return warmup_decay(1.0, max(total_steps - 1, 0))
 
 
 def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -61,9 +60,10 @@ class WeightEMA(WeightAveraging):
         steps = trainer.estimated_stepping_batches
         if trainer.fast_dev_run or steps == float("inf"):
             return
-        if self.decay > highest_reachable_decay(int(steps)):
+        highest = highest_reachable_decay(int(steps))
+        if self.decay > highest:
             rank_zero_warn(
                 f"EMA decay {self.decay} is never reached: its warm-up, min(decay, (1 + n) / (10 + n)) after n "
-                f"updates, rises only to {highest_reachable_decay(int(steps)):.4f} in this run's {int(steps)} "
-                "steps, so any decay from there up averages the same weights"
+                f"updates, rises only to {highest:.4f} in this run's {int(steps)} steps, so any decay from there up "
+                "averages the same weights"
             )

@@ -71,14 +71,21 @@ def test_one_update_uses_decay_min_of_the_cap_and_the_warm_up(n):
     assert update(ema, current, torch.tensor(n)) == pytest.approx(torch.full((3,), 1 - decay), rel=1e-6)
 
 
+def _fit_small(image_folder, out, decay: float, callbacks=()) -> dict[str, torch.Tensor]:
+    """Ten updates (40 images in batches of 8, two epochs) of a small network (the rule is the point): the average
+    it ends with."""
+    cfg = cpu_config(image_folder, out, epochs=2, batch_size=8, ema_decay=decay)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, NUM_CLASSES))
+    _, lit = fit(cfg, net, build_datamodule(cfg), cfg.max_lr, extra_callbacks=list(callbacks))
+    return {k: v.detach().clone() for k, v in lit.net.state_dict().items()}
+
+
 def test_a_decay_other_than_the_default_is_the_one_the_average_follows(image_folder, tmp_path):
     """The shared fit runs the default 0.995, where an averaging callback built with the default instead of the
     configured decay would pass unseen. At 0.2 the cap takes over from the warm-up from the third update on (n = 2)."""
-    cfg = cpu_config(image_folder, tmp_path, epochs=2, batch_size=8, ema_decay=0.2)
-    configured, default = Recorder(cfg.ema_decay), Recorder(0.995)
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, NUM_CLASSES))  # a small network: the rule is the point
-    fit(cfg, net, build_datamodule(cfg), cfg.max_lr, extra_callbacks=[configured, default])
+    configured, default = Recorder(0.2), Recorder(0.995)
+    _fit_small(image_folder, tmp_path, 0.2, callbacks=[configured, default])
     assert configured.updates == 10  # 40 training images in batches of 8, two epochs
     assert max(configured.step_gaps) < 1e-6
     assert max(default.step_gaps) > 1e-3  # the default's average is told apart
@@ -105,15 +112,6 @@ def test_the_highest_reachable_decay_is_the_warm_ups_at_the_last_update():
     assert highest_reachable_decay(24 * 98) == pytest.approx(2352 / 2361)
     assert 0.995 < highest_reachable_decay(24 * 98) < 0.997  # the default is reached; 0.998 and 0.999 are not
     assert highest_reachable_decay(10) == pytest.approx(10 / 19)
-
-
-def _fit_small(image_folder, out, decay: float) -> dict[str, torch.Tensor]:
-    """Ten updates (40 images in batches of 8, two epochs) of a small network: the average it ends with."""
-    cfg = cpu_config(image_folder, out, epochs=2, batch_size=8, ema_decay=decay)
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, NUM_CLASSES))
-    _, lit = fit(cfg, net, build_datamodule(cfg), cfg.max_lr)
-    return {k: v.detach().clone() for k, v in lit.net.state_dict().items()}
 
 
 def test_a_decay_the_warm_up_never_reaches_is_warned_of_and_changes_nothing(image_folder, tmp_path):
